@@ -1,0 +1,19 @@
+"""Checkpoint converters from reference layouts, one module per family."""
+from __future__ import annotations
+
+import torch
+
+from .mobilevit import is_cvnets_mobilevit, mobilevit_from_cvnets, mobilevit_from_timm
+
+
+def convert_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return `state_dict` in `model`'s layout, converting any reference layout recognised."""
+    own = model.state_dict()
+    if set(state_dict) == set(own):
+        return state_dict
+    if is_cvnets_mobilevit(state_dict):
+        return mobilevit_from_cvnets(state_dict)
+    return state_dict
+
+
+__all__ = ["convert_state_dict", "mobilevit_from_cvnets", "mobilevit_from_timm"]

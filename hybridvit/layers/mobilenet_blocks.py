@@ -1,0 +1,28 @@
+"""Inverted-residual blocks from the MobileNet family."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import ConvNormAct, make_divisible
+
+
+class MV2Block(nn.Module):
+    """MobileNetV2 inverted residual (Sandler et al. 2018), as used by MobileViT (§3, Fig. 1b).
+
+    1x1 expand + BN + act, 3x3 depthwise (stride s) + BN + act, 1x1 project + BN (linear output);
+    residual only when stride is 1 and channels are unchanged. Module names follow timm.
+    """
+
+    def __init__(
+        self, in_chs: int, out_chs: int, stride: int = 1, expansion: float = 4.0, act_layer: type[nn.Module] = nn.SiLU
+    ) -> None:
+        super().__init__()
+        mid_chs = make_divisible(round(in_chs * expansion), 8)
+        self.has_residual = stride == 1 and in_chs == out_chs
+        self.conv1_1x1 = ConvNormAct(in_chs, mid_chs, 1, act_layer=act_layer)
+        self.conv2_kxk = ConvNormAct(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, act_layer=act_layer)
+        self.conv3_1x1 = ConvNormAct(mid_chs, out_chs, 1, apply_act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3_1x1(self.conv2_kxk(self.conv1_1x1(x)))
+        return x + out if self.has_residual else out

@@ -1,0 +1,30 @@
+"""Model construction through timm's `build_model_with_cfg`, so `features_only=True` works."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import build_model_with_cfg
+
+from ..errors import InputShapeError
+
+
+def build(model_cls: type, variant: str, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """Build `variant` of `model_cls`; stage modules named in `feature_info` become feature outputs."""
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        feature_cfg=dict(flatten_sequential=True),
+        **kwargs,
+    )
+
+
+def check_image_batch(x: torch.Tensor, in_chans: int) -> None:
+    """Reject inputs that are not [B, in_chans, H, W] with a message that names the problem."""
+    if x.ndim != 4:
+        raise InputShapeError(f"expected a 4-D image batch [B, {in_chans}, H, W], got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise InputShapeError(
+            f"expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
+        )

@@ -1,0 +1,193 @@
+"""MobileViT v1 (Mehta & Rastegari, ICLR 2022, arXiv 2110.02178): MobileViT-XXS / XS / S.
+
+Layout and numbers follow paper Table 4 and App. A, checked against ml-cvnets and timm
+(see shared/specs/mobilevit.md). Module names equal timm's, so timm state dicts load unchanged;
+ml-cvnets checkpoints load through `hybridvit.convert.mobilevit_from_cvnets`.
+Registered as `hv_mobilevit_*`: timm already owns `mobilevit_*`.
+
+Input size: any H, W >= 32. Feature maps whose side is not a multiple of the 2x2 patch are
+bilinearly resized around the transformer, as the reference does (e.g. 224 -> 7x7 -> 8x8 -> 7x7).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead, ConvNormAct
+from timm.models import generate_default_cfgs
+
+from ..layers import MV2Block, TransformerLayer, fold_patches, init_weights_cvnets, unfold_patches
+from ._builder import build, check_image_batch
+from ._registry import PaperEntry, register
+
+
+class MobileViTBlock(nn.Module):
+    """MobileViT block (§3.1, Eq. 1, Fig. 1b): local conv, unfold, transformer, fold, fuse.
+
+    n x n conv + 1x1 projection to `transformer_dim` (local representation), unfold into 2x2 patches,
+    L transformer layers + LayerNorm (global representation), fold, 1x1 projection back, concat
+    with the input and an n x n fusion conv.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        transformer_dim: int,
+        depth: int,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        patch_size: int = 2,
+        kernel_size: int = 3,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.conv_kxk = ConvNormAct(channels, channels, kernel_size, act_layer=nn.SiLU)
+        self.conv_1x1 = nn.Conv2d(channels, transformer_dim, 1, bias=False)
+        self.transformer = nn.Sequential(
+            *[
+                TransformerLayer(
+                    transformer_dim, num_heads, mlp_ratio, nn.SiLU, drop=drop, attn_drop=attn_drop, drop_path=drop_path
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.norm = nn.LayerNorm(transformer_dim)
+        self.conv_proj = ConvNormAct(transformer_dim, channels, 1, act_layer=nn.SiLU)
+        self.conv_fusion = ConvNormAct(2 * channels, channels, kernel_size, act_layer=nn.SiLU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = self.conv_1x1(self.conv_kxk(x))
+        tokens, grid = unfold_patches(local, self.patch_size, self.patch_size)
+        tokens = self.norm(self.transformer(tokens))
+        global_rep = self.conv_proj(fold_patches(tokens, grid))
+        return self.conv_fusion(torch.cat((x, global_rep), dim=1))
+
+
+@dataclass(frozen=True)
+class MobileViTConfig:
+    """One row of paper Table 4 / App. A."""
+
+    channels: tuple[int, int, int, int, int]  # outputs of layer1..layer5
+    transformer_dims: tuple[int, int, int]  # d in layer3..layer5
+    depths: tuple[int, int, int] = (2, 4, 3)  # transformer layers L in layer3..layer5
+    mv2_expansion: float = 4.0
+    num_features: int = 640  # final 1x1 conv: min(4 * C5, 960)
+    dropout: float = 0.1  # transformer dropout of the released recipe (0.05 for XXS)
+    stem_chs: int = 16
+
+
+class MobileViT(nn.Module):
+    """MobileViT classifier: stem, five stages (MV2 / MV2 x3 / MV2 + MobileViT block x3), 1x1 conv, head."""
+
+    def __init__(
+        self,
+        cfg: MobileViTConfig,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.1,
+        drop_path_rate: float = 0.0,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        patch_size: int = 2,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = cfg.num_features
+        self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
+
+        c1, c2, c3, c4, c5 = cfg.channels
+        exp = cfg.mv2_expansion
+        stages: list[nn.Sequential] = [
+            nn.Sequential(MV2Block(cfg.stem_chs, c1, 1, exp)),
+            nn.Sequential(MV2Block(c1, c2, 2, exp), MV2Block(c2, c2, 1, exp), MV2Block(c2, c2, 1, exp)),
+        ]
+        prev = c2
+        for chs, dim, depth in zip((c3, c4, c5), cfg.transformer_dims, cfg.depths):
+            block = MobileViTBlock(
+                chs, dim, depth, num_heads, mlp_ratio, patch_size, drop=cfg.dropout, drop_path=drop_path_rate
+            )
+            stages.append(nn.Sequential(MV2Block(prev, chs, 2, exp), block))
+            prev = chs
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = [
+            dict(num_chs=c, reduction=2 ** (i + 1), module=f"stages.{i}") for i, c in enumerate(cfg.channels)
+        ]
+        self.final_conv = ConvNormAct(c5, cfg.num_features, 1, act_layer=nn.SiLU)
+        self.head = ClassifierHead(cfg.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        init_weights_cvnets(self)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        # The paper applies weight decay 0.01 to every parameter (spec §4.7).
+        return set()
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.in_chans)
+        return self.final_conv(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+MODEL_CFGS = {
+    "hv_mobilevit_xxs": MobileViTConfig(
+        channels=(16, 24, 48, 64, 80), transformer_dims=(64, 80, 96), mv2_expansion=2.0, num_features=320, dropout=0.05
+    ),
+    "hv_mobilevit_xs": MobileViTConfig(
+        channels=(32, 48, 64, 80, 96), transformer_dims=(96, 120, 144), num_features=384
+    ),
+    "hv_mobilevit_s": MobileViTConfig(
+        channels=(32, 64, 96, 128, 160), transformer_dims=(144, 192, 240), num_features=640
+    ),
+}
+
+
+def _cfg(**kwargs) -> dict:
+    # Preprocessing of the timm-converted weights: RGB in [0, 1], bicubic resize, crop 0.9 (spec §1, §5.3).
+    return dict(
+        num_classes=1000, input_size=(3, 256, 256), pool_size=(8, 8), crop_pct=0.9, interpolation="bicubic",
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), first_conv="stem.conv", classifier="head.fc",
+        fixed_input_size=False, **kwargs,
+    )
+
+
+default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_CFGS})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> MobileViT:
+    return build(MobileViT, variant, pretrained, cfg=MODEL_CFGS[variant], **kwargs)
+
+
+_TABLE4 = "MobileViT Table 4 / §4.1"
+
+
+@register(PaperEntry("mobilevit", 256, params_m=1.3, top1=69.0, source=_TABLE4))
+def hv_mobilevit_xxs(pretrained: bool = False, **kwargs) -> MobileViT:
+    return _create("hv_mobilevit_xxs", pretrained, **kwargs)
+
+
+@register(PaperEntry("mobilevit", 256, params_m=2.3, top1=74.8, source=_TABLE4))
+def hv_mobilevit_xs(pretrained: bool = False, **kwargs) -> MobileViT:
+    return _create("hv_mobilevit_xs", pretrained, **kwargs)
+
+
+@register(PaperEntry("mobilevit", 256, params_m=5.6, top1=78.4, source=_TABLE4))
+def hv_mobilevit_s(pretrained: bool = False, **kwargs) -> MobileViT:
+    return _create("hv_mobilevit_s", pretrained, **kwargs)
