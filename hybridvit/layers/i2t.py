@@ -37,12 +37,14 @@ class ImageToTokens(nn.Module):
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
+        self.reduction = 4 * patch_size  # input pixels per token side: stem stride 4 x patch size
         self.backbone = I2TStem(in_chans, stem_chans, kernel_size)
         self.proj = nn.Conv2d(stem_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def grid_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         """Token grid (h, w) produced for an image of `img_size` (H, W)."""
-        return tuple(self.backbone.output_size(s) // self.patch_size for s in img_size)  # type: ignore[return-value]
+        height, width = (self.backbone.output_size(s) // self.patch_size for s in img_size)
+        return height, width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(x))

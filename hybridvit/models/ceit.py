@@ -103,13 +103,11 @@ class CeiT(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
-        global_pool: str = "token",
     ) -> None:
         super().__init__()
         dim = cfg.embed_dim
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = dim
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
@@ -128,7 +126,9 @@ class CeiT(nn.Module):
             )
             for i in range(cfg.depth)
         )
-        self.feature_info = [dict(num_chs=dim, reduction=4 * patch_size, module=f"blocks.{i}") for i in range(cfg.depth)]
+        self.feature_info = [
+            dict(num_chs=dim, reduction=self.i2t.reduction, module=f"blocks.{i}") for i in range(cfg.depth)
+        ]
 
         self.lca = LCA(dim, cfg.num_heads, mlp_ratio, qkv_bias, norm_layer, drop=drop_rate, attn_drop=attn_drop_rate)
         # Zero-initialised and weight-decayed, as in the official code (spec ceit.md §4, §6).
@@ -160,6 +160,7 @@ class CeiT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier; `global_pool` is accepted for timm's API (the LCA is CeiT's only pooling)."""
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
