@@ -189,20 +189,20 @@ def test_leff_restores_tokens_row_major_on_non_square_grid() -> None:
     torch.testing.assert_close(out[:, 1:].view(1, 2, 3, 4), expected)
 
 
-@pytest.mark.parametrize("name, res, stem, tokens", [("ceit_tiny_patch16_224", 224, 56, 197),
-                                                     ("ceit_tiny_patch16_384", 384, 96, 577)])
-def test_shapes(name: str, res: int, stem: int, tokens: int) -> None:
+@pytest.mark.parametrize("name, res, batch, stem, tokens", [("ceit_tiny_patch16_224", 224, 2, 56, 197),
+                                                            ("ceit_tiny_patch16_384", 384, 1, 96, 577)])
+def test_shapes(name: str, res: int, batch: int, stem: int, tokens: int) -> None:
     torch.manual_seed(0)
     model = _tiny() if name == "ceit_tiny_patch16_224" else hybridvit.create_model(name).eval()
     seen = {}
     model.i2t.backbone.register_forward_hook(lambda m, i, o: seen.__setitem__("stem", tuple(o.shape)))
     model.blocks[0].register_forward_hook(lambda m, i, o: seen.__setitem__("tokens", tuple(o.shape)))
     with torch.no_grad():
-        feats = model.forward_features(torch.randn(2, 3, res, res))
+        feats = model.forward_features(torch.randn(batch, 3, res, res))
         pooled = model.forward_head(feats, pre_logits=True)
         logits = model.forward_head(feats)
-    assert seen == {"stem": (2, 64, stem, stem), "tokens": (2, tokens, 192)}
-    assert feats.shape == (2, 12, 192) and pooled.shape == (2, 192) and logits.shape == (2, 1000)
+    assert seen == {"stem": (batch, 64, stem, stem), "tokens": (batch, tokens, 192)}
+    assert feats.shape == (batch, 12, 192) and pooled.shape == (batch, 192) and logits.shape == (batch, 1000)
     # logits = head(LN(LCA(class tokens + layer position embedding)))
     expected = model.head(model.norm(model.lca(feats + model.pos_layer_embed)))
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
