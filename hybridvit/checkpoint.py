@@ -1,7 +1,9 @@
 """Safe weight loading and atomic saving (safetensors, or torch.load with weights_only=True)."""
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
@@ -25,8 +27,10 @@ def read_state_dict(path: str | os.PathLike, prefer_ema: bool = True) -> dict[st
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
+            # DeiT-style training checkpoints (CeiT's official ones) also pickle the argparse `args`.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt or not a weights file ({err})") from None
     if not isinstance(state, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")

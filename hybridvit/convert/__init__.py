@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import torch
 
+from .ceit import ceit_resize_pos_embed, is_ceit_state_dict
 from .mobilevit import is_cvnets_mobilevit, mobilevit_from_cvnets, mobilevit_from_timm
 
 
 def convert_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Return `state_dict` in `model`'s layout, converting any reference layout recognised."""
     own = model.state_dict()
+    if is_ceit_state_dict(state_dict):
+        return ceit_resize_pos_embed(state_dict, model)
     if set(state_dict) == set(own):
         return state_dict
     if is_cvnets_mobilevit(state_dict):
@@ -16,4 +19,4 @@ def convert_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
     return state_dict
 
 
-__all__ = ["convert_state_dict", "mobilevit_from_cvnets", "mobilevit_from_timm"]
+__all__ = ["ceit_resize_pos_embed", "convert_state_dict", "mobilevit_from_cvnets", "mobilevit_from_timm"]

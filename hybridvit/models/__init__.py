@@ -1,4 +1,5 @@
 """Model families; importing this package registers every model with timm."""
+from . import ceit  # noqa: F401
 from . import mobilevit
 from ._registry import PaperEntry, check_model_name, list_models, paper_entry
 

@@ -1,0 +1,320 @@
+"""CeiT (Yuan et al., "Incorporating Convolution Designs into Visual Transformers", ICCV 2021, arXiv 2103.11816).
+
+CeiT-T / S / B at 224 and CeiT-T / S at 384 (names and state-dict keys of the official coeusguo/ceit
+code, so its checkpoints load with `strict=True`; timm registers no `ceit_*` names). A DeiT-style
+encoder with three changes: I2T conv stem (§3.2), LeFF instead of the MLP (§3.3), and LCA over the
+class tokens of all layers as the head (§3.4). Details settled by shared/specs/ceit.md.
+
+Resolution: any H, W >= 16 (multiples of 16 use every pixel; the stride-16 patch grid drops the rest).
+`pos_embed` is bicubically resampled to the token grid on the fly, so a 224 model runs on 384 images
+(577 tokens); `set_input_size` resamples it once and for all (fine-tuning at a new size), and
+checkpoints of another size are resampled on load (`hybridvit.load_checkpoint`, timm `pretrained`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, resample_abs_pos_embed, to_2tuple
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models._features import feature_take_indices
+
+from ..convert.ceit import ceit_resize_pos_embed
+from ..errors import InputShapeError
+from ..layers.attention import MultiHeadSelfAttention
+from ..layers.i2t import ImageToTokens
+from ..layers.lca import LCA
+from ..layers.leff import LeFF
+from ._builder import check_image_batch
+from ._registry import PaperEntry, register
+
+_MIN_SIZE = 16  # one 4x4 patch on the stride-4 I2T map
+
+
+class CeiTBlock(nn.Module):
+    """Encoder layer (§3.3): x + DropPath(MSA(LN1(x))), then x + DropPath(LeFF(LN2(x)))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        leff_kernel_size: int = 3,
+        leff_with_bn: bool = True,
+        leff_final_act: bool = False,
+        leff_cls_bypass: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = MultiHeadSelfAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.norm2 = norm_layer(dim)
+        self.leff = LeFF(
+            dim, int(dim * mlp_ratio), leff_kernel_size, leff_with_bn, final_act=leff_final_act,
+            cls_bypass=leff_cls_bypass,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.leff(self.norm2(x), grid))
+
+
+@dataclass(frozen=True)
+class CeiTConfig:
+    """One row of the paper's model table (all variants: depth 12, head_dim 64, LeFF e = 4, k = 3)."""
+
+    embed_dim: int
+    num_heads: int
+    img_size: int = 224
+    depth: int = 12
+
+
+class CeiT(nn.Module):
+    """CeiT classifier: I2T -> [cls] + pos_embed -> 12 x (MSA + LeFF) -> LCA over the 12 class tokens -> LN -> head.
+
+    `forward_features` returns the stacked class tokens of every layer [B, depth, D]; `forward_head`
+    is the LCA "pooling" (+ layer position embedding), the final LayerNorm and the linear classifier.
+    Paper variants (defaults = official code): `leff_final_act`, `leff_cls_bypass` (see `LeFF`),
+    `i2t_chans=32` (the unofficial ports' stem width), `layer_pos_embed=False` (no `pos_layer_embed`).
+    """
+
+    def __init__(
+        self,
+        cfg: CeiTConfig,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        img_size: int | tuple[int, int] | None = None,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        i2t_chans: int = 64,
+        patch_size: int = 4,
+        leff_kernel_size: int = 3,
+        leff_with_bn: bool = True,
+        leff_final_act: bool = False,
+        leff_cls_bypass: bool = False,
+        layer_pos_embed: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = self.embed_dim = dim
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+
+        self.i2t = ImageToTokens(dim, in_chans, i2t_chans, patch_size)
+        self.img_size = to_2tuple(img_size or cfg.img_size)
+        self.grid_size = self.i2t.grid_size(self.img_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1] + 1, dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        dpr = [drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear stochastic depth
+        self.blocks = nn.ModuleList(
+            CeiTBlock(
+                dim, cfg.num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_layer,
+                leff_kernel_size, leff_with_bn, leff_final_act, leff_cls_bypass,
+            )
+            for i in range(cfg.depth)
+        )
+        self.feature_info = [
+            dict(num_chs=dim, reduction=self.i2t.reduction, module=f"blocks.{i}") for i in range(cfg.depth)
+        ]
+
+        self.lca = LCA(dim, cfg.num_heads, mlp_ratio, qkv_bias, norm_layer, drop=drop_rate, attn_drop=attn_drop_rate)
+        # Zero-initialised and weight-decayed, as in the official code (spec ceit.md §4, §6).
+        self.pos_layer_embed = nn.Parameter(torch.zeros(1, cfg.depth, dim)) if layer_pos_embed else None
+        self.norm = norm_layer(dim)
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Official scheme: Linear trunc-normal(0.02), LayerNorm (1, 0); convs keep PyTorch's default init.
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        # The official/DeiT recipe exempts exactly these (plus 1-D tensors); `pos_layer_embed` is decayed.
+        return {"pos_embed", "cls_token"}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier; `global_pool` is accepted for timm's API (the LCA is CeiT's only pooling)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Resample `pos_embed` for a new default input size, e.g. before fine-tuning a 224 model at 384."""
+        img_size = to_2tuple(img_size)
+        self._check_size(*img_size)
+        grid = self.i2t.grid_size(img_size)
+        with torch.no_grad():
+            posemb = resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid_size), num_prefix_tokens=1)
+        self.pos_embed = nn.Parameter(posemb)
+        self.img_size, self.grid_size = img_size, grid
+
+    def _check_size(self, height: int, width: int) -> None:
+        if height < _MIN_SIZE or width < _MIN_SIZE:
+            raise InputShapeError(
+                f"CeiT needs images of at least {_MIN_SIZE}x{_MIN_SIZE} pixels (multiples of 16 use every pixel), "
+                f"got {height}x{width}"
+            )
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """I2T tokens + class token + (resampled) position embedding: [B, 1 + h*w, D] and the grid (h, w)."""
+        check_image_batch(x, self.in_chans)
+        self._check_size(x.shape[-2], x.shape[-1])
+        x = self.i2t(x)
+        grid = (x.shape[-2], x.shape[-1])
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x.flatten(2).transpose(1, 2)), dim=1)
+        pos_embed = resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid_size), num_prefix_tokens=1)
+        return self.pos_drop(x + pos_embed), grid
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Class token after every encoder layer, stacked: [B, depth, D]."""
+        x, grid = self._embed(x)
+        class_tokens = []
+        for block in self.blocks:
+            x = block(x, grid)
+            class_tokens.append(x[:, 0])
+        return torch.stack(class_tokens, dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """LCA over the per-layer class tokens [B, depth, D], LayerNorm, classifier."""
+        if self.pos_layer_embed is not None:
+            x = x + self.pos_layer_embed
+        x = self.norm(self.lca(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Patch tokens after the blocks in `indices` (timm semantics), as [B, D, h, w] maps at stride 16 or NLC.
+
+        `norm` is accepted for timm's API and has no effect: CeiT has no final norm over the patch tokens.
+        Unless `intermediates_only`, also returns the stacked class tokens of the blocks run (`forward_features`).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x, grid = self._embed(x)
+        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
+        intermediates, class_tokens = [], []
+        for i, block in enumerate(blocks):
+            x = block(x, grid)
+            class_tokens.append(x[:, 0])
+            if i in take_indices:
+                tokens = x[:, 1:]
+                if output_fmt == "NCHW":
+                    tokens = tokens.transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1])
+                intermediates.append(tokens)
+        if intermediates_only:
+            return intermediates
+        return torch.stack(class_tokens, dim=1), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last index wanted (and the LCA head); used by `features_only`."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_head:
+            self.lca, self.norm, self.pos_layer_embed = nn.Identity(), nn.Identity(), None
+            self.reset_classifier(0)
+        return take_indices
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: CeiT) -> dict[str, torch.Tensor]:
+    """timm `pretrained` hook: official checkpoints need no renaming, only `pos_embed` resampling."""
+    return ceit_resize_pos_embed(state_dict, model)
+
+
+MODEL_CFGS = {
+    "ceit_tiny_patch16_224": CeiTConfig(embed_dim=192, num_heads=3),
+    "ceit_small_patch16_224": CeiTConfig(embed_dim=384, num_heads=6),
+    "ceit_base_patch16_224": CeiTConfig(embed_dim=768, num_heads=12),
+    "ceit_tiny_patch16_384": CeiTConfig(embed_dim=192, num_heads=3, img_size=384),
+    "ceit_small_patch16_384": CeiTConfig(embed_dim=384, num_heads=6, img_size=384),
+}
+
+
+def _cfg(img_size: int) -> dict:
+    # Official evaluation: resize to size / 0.875, bicubic, centre crop, ImageNet mean/std (spec §7).
+    return dict(
+        num_classes=1000, input_size=(3, img_size, img_size), pool_size=None, crop_pct=0.875,
+        interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        first_conv="i2t.backbone.conv", classifier="head", fixed_input_size=False,
+    )
+
+
+default_cfgs = generate_default_cfgs({name: _cfg(cfg.img_size) for name, cfg in MODEL_CFGS.items()})
+
+# Four evenly spaced block outputs (as ViT dense-prediction heads such as DPT take), all at stride 16.
+_FEATURE_BLOCKS = (2, 5, 8, 11)
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> CeiT:
+    # Not `_builder.build`: a plain ViT has no stage modules to hook, so features come from
+    # `forward_intermediates` through timm's getter wrapper, as timm does for its ViTs.
+    return build_model_with_cfg(
+        CeiT, variant, pretrained, cfg=MODEL_CFGS[variant], pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=_FEATURE_BLOCKS), **kwargs,
+    )
+
+
+_SRC = "CeiT paper model table + official README model zoo (spec ceit.md §5)"
+
+
+@register(PaperEntry("ceit", 224, params_m=6.4, top1=76.4, source=_SRC))
+def ceit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> CeiT:
+    return _create("ceit_tiny_patch16_224", pretrained, **kwargs)
+
+
+@register(PaperEntry("ceit", 224, params_m=24.2, top1=82.0, source=_SRC))
+def ceit_small_patch16_224(pretrained: bool = False, **kwargs) -> CeiT:
+    return _create("ceit_small_patch16_224", pretrained, **kwargs)
+
+
+@register(PaperEntry("ceit", 224, params_m=94.4, top1=82.5, source=_SRC + "; 150 epochs (81.9 at 100)"))
+def ceit_base_patch16_224(pretrained: bool = False, **kwargs) -> CeiT:
+    return _create("ceit_base_patch16_224", pretrained, **kwargs)
+
+
+@register(PaperEntry("ceit", 384, params_m=6.4, top1=78.8, source=_SRC))
+def ceit_tiny_patch16_384(pretrained: bool = False, **kwargs) -> CeiT:
+    return _create("ceit_tiny_patch16_384", pretrained, **kwargs)
+
+
+@register(PaperEntry("ceit", 384, params_m=24.2, top1=83.3, source=_SRC))
+def ceit_small_patch16_384(pretrained: bool = False, **kwargs) -> CeiT:
+    return _create("ceit_small_patch16_384", pretrained, **kwargs)
