@@ -115,11 +115,14 @@ def _randomise_bn(model):
             nn.init.normal_(m.bias, 0, 0.2)
 
 
-def test_ghostnet_equals_timm_with_converted_weights():
+def test_ghostnet_equals_timm_with_converted_weights(tmp_path):
     ref = timm.create_model("ghostnet_100").eval()
     _randomise_bn(ref)
     ours = hybridvit.create_model("hv_ghostnet_100").eval()
     ours.load_state_dict(ghostnet_from_timm(ref.state_dict()))
+    torch.save(ref.state_dict(), tmp_path / "timm_ghostnet_100.pt")  # a timm checkpoint file loads as is
+    from_file = hybridvit.create_model("hv_ghostnet_100", pretrained_path=tmp_path / "timm_ghostnet_100.pt")
+    assert all(torch.equal(a, b) for a, b in zip(from_file.state_dict().values(), ours.state_dict().values()))
     x = torch.randn(2, 3, 160, 192)
     with torch.no_grad():
         feats = ours.forward_features(x)

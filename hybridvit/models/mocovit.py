@@ -31,7 +31,7 @@ class MTB(nn.Module):
     """Mobile Transformer Block (MoCoViT §3.3, Fig. 2): Z = X + MoSA(X); out = Z + MoFFN(Z).
 
     No LayerNorm, positional embedding or class token: the only norms are the BNs inside the Ghost
-    modules, MoSA's depthwise branch, and SE. Works on [B, C, H, W] maps. Lives here rather than in
+    modules and MoSA's depthwise branch. Works on [B, C, H, W] maps. Lives here rather than in
     layers/ because, like MobileViTBlock, it is this family's block; MoSA and MoFFN are the shared parts.
     """
 
