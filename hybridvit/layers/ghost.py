@@ -93,7 +93,9 @@ class GhostBottleneck(nn.Module):
             self.shortcut = nn.Identity()
         else:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_chs, in_chs, dw_kernel_size, stride, padding=dw_kernel_size // 2, groups=in_chs, bias=False),
+                nn.Conv2d(
+                    in_chs, in_chs, dw_kernel_size, stride, padding=dw_kernel_size // 2, groups=in_chs, bias=False
+                ),
                 nn.BatchNorm2d(in_chs),
                 nn.Conv2d(in_chs, out_chs, 1, bias=False),
                 nn.BatchNorm2d(out_chs),

@@ -23,7 +23,7 @@ class MoSA(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_drop = attn_drop
-        # Reconstructed from Fig. 2 (spec mocovit.md §1): linear Ghost modules, softmax + d^-0.5 scale, h = 1, DW 3x3 + BN.
+        # Reconstructed from Fig. 2 (spec mocovit.md §1): linear Ghosts, softmax, d^-0.5 scale, h = 1, DW 3x3 + BN.
         self.ghost_v = GhostModule(dim, dim, act_layer=None)
         self.conv_dw = nn.Conv2d(dim, dim, dw_size, padding=dw_size // 2, groups=dim, bias=False)
         self.bn_dw = nn.BatchNorm2d(dim)

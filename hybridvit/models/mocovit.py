@@ -139,7 +139,9 @@ class MoCoViT(nn.Module):
         for rows in GHOSTNET_STAGES[:-1] if cfg.num_mtb else GHOSTNET_STAGES:
             blocks = []
             for row in rows:
-                blocks.append(GhostBottleneck(prev, chs(row.exp), chs(row.out), row.kernel, row.stride, row.se_ratio, act))
+                blocks.append(
+                    GhostBottleneck(prev, chs(row.exp), chs(row.out), row.kernel, row.stride, row.se_ratio, act)
+                )
                 prev = chs(row.out)
                 reduction *= row.stride
             stages.append(nn.Sequential(*blocks))
