@@ -23,7 +23,7 @@ def _meta_model(name: str, **kwargs) -> torch.nn.Module:
 def test_xformer_s_has_the_papers_5_5m_params():
     n = count_params(_meta_model("xformer_s"))
     assert abs(n / 5.5e6 - 1) <= 0.02, n
-    assert n == 5_474_689  # spec §3 [derived]: 5.475M for QKV 96, MLP 2/2/3, MV3 with SE, vector kernels
+    assert n == 5_474_698  # spec §3 [derived]: 5.475M for QKV 96, MLP 2/2/3, MV3 with SE, vector kernels (+9 b_N)
 
 
 def test_registry_entries():
@@ -69,7 +69,7 @@ def _xfa_by_the_equation(m: XFA, x: torch.Tensor) -> torch.Tensor:
         cols = slice(h * m.head_dim, (h + 1) * m.head_dim)
         qh = q[..., cols] / q[..., cols].norm(dim=-1, keepdim=True)
         kh = k[..., cols] / k[..., cols].norm(dim=-1, keepdim=True)
-        s_n = torch.einsum("bnd,d->bn", qh, m.context_kernel[h])
+        s_n = torch.einsum("bnd,d->bn", qh, m.context_kernel[h]) + m.context_bias[h].reshape(())
         c = torch.einsum("bn,bnd->bd", s_n, kh) / N
         s_d = c * m.feature_kernel[h]
         outs.append(m.temperature[h].reshape(()) * s_d[:, None, :] * v[..., cols])
@@ -83,6 +83,7 @@ def test_xfa_equals_its_equation(heads: int):
     with torch.no_grad():
         m.temperature.uniform_(0.5, 2.0)
         m.feature_kernel.normal_()
+        m.context_bias.normal_()
     x = torch.randn(2, 37, 48, dtype=torch.double)
     torch.testing.assert_close(m(x), _xfa_by_the_equation(m, x), rtol=1e-10, atol=1e-10)
 
@@ -128,15 +129,23 @@ def test_no_weight_decay_names_every_temperature():
     assert len(names) == 2 + 4 + 3 and all(n in params and n.endswith("attn.temperature") for n in names)
 
 
+@pytest.fixture(scope="module")
+def xformer_s() -> torch.nn.Module:
+    return timm.create_model("xformer_s").eval()
+
+
+@pytest.fixture(scope="module")
+def xformer_s_features() -> torch.nn.Module:
+    return timm.create_model("xformer_s", features_only=True).eval()
+
+
 @pytest.mark.parametrize("res", [256, 320])
-def test_logits_and_features_shapes(res: int):
-    torch.manual_seed(0)
-    model = timm.create_model("xformer_s").eval()
+def test_logits_and_features_shapes(res: int, xformer_s: torch.nn.Module, xformer_s_features: torch.nn.Module):
+    model, feats = xformer_s, xformer_s_features
     x = torch.randn(1, 3, res, res)
     with torch.no_grad():
         assert model(x).shape == (1, 1000)
         assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, 640)
-    feats = timm.create_model("xformer_s", features_only=True).eval()
     assert feats.feature_info.channels() == [32, 64, 96, 128, 160]
     assert feats.feature_info.reduction() == [2, 4, 8, 16, 32]
     with torch.no_grad():

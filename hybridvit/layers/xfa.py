@@ -15,16 +15,18 @@ class XFA(nn.Module):
 
         Q, K, V = x W_q, x W_k, x W_v                     projections C -> qkv_dim
         Q^ = Q / ||Q||_2,  K^ = K / ||K||_2               L2 along the feature dimension, per token
-        s_N = Q^ w_N                   in R^{N x 1}       query-context score, one per token (1x1 kernel d -> 1)
+        s_N = Q^ w_N + b_N             in R^{N x 1}       query-context score, one per token (1x1 conv d -> 1)
         c   = (1/N) s_N^T K^           in R^{1 x d}       score-weighted mean of the normalised keys
         s_D = c * w_D                  in R^{1 x d}       query-feature score, one per feature (diagonal kernel)
         Y_h = lambda_h * (1_N s_D) * V_h                  no softmax; lambda_h a learnable temperature
         out = [Y_1 .. Y_H] W_o                            projection qkv_dim -> C
 
-    `context_mean=False` drops the 1/N (the sum Reading A of the spec writes).
+    `context_mean=False` drops the 1/N (the sum Reading A of the spec writes). Init: w_N ~ N(0, 1),
+    b_N = 1, w_D = 1, lambda = 1, so at init c is about the mean normalised key (like MobileViTv2's
+    uniform context scores at init) and the branch is small, like MHSA's with the same projections.
     """
 
-    # Reconstructed (spec xformer.md §1.3 Reading A; paper equations unavailable offline): the shapes of w_N and w_D, the 1/N in c, one head by default.
+    # Reconstructed (spec xformer.md §1.3 Reading A; paper equations unavailable offline): shapes of w_N (with bias b_N) and w_D, the 1/N in c, one head by default.
 
     def __init__(
         self,
@@ -45,6 +47,7 @@ class XFA(nn.Module):
         self.eps = eps
         self.qkv = nn.Linear(dim, 3 * qkv_dim, bias=qkv_bias)
         self.context_kernel = nn.Parameter(torch.randn(heads, self.head_dim))  # w_N, unit-variance entries
+        self.context_bias = nn.Parameter(torch.ones(heads, 1, 1))  # b_N
         self.feature_kernel = nn.Parameter(torch.ones(heads, self.head_dim))  # w_D
         self.temperature = nn.Parameter(torch.ones(heads, 1, 1))  # lambda; exclude from weight decay
         self.proj = nn.Linear(qkv_dim, dim)
@@ -55,7 +58,7 @@ class XFA(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q = F.normalize(q, dim=-1, eps=self.eps)  # [B, h, N, d]
         k = F.normalize(k, dim=-1, eps=self.eps)
-        context_score = q @ self.context_kernel[:, :, None]  # s_N: [B, h, N, 1]
+        context_score = q @ self.context_kernel[:, :, None] + self.context_bias  # s_N: [B, h, N, 1]
         context = context_score.transpose(-2, -1) @ k  # c: [B, h, 1, d], O(N d)
         if self.context_mean:
             context = context / N
