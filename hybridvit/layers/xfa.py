@@ -47,22 +47,21 @@ class XFA(nn.Module):
         self.eps = eps
         self.qkv = nn.Linear(dim, 3 * qkv_dim, bias=qkv_bias)
         self.context_kernel = nn.Parameter(torch.randn(heads, self.head_dim))  # w_N, unit-variance entries
-        self.context_bias = nn.Parameter(torch.ones(heads, 1, 1))  # b_N
+        self.context_bias = nn.Parameter(torch.ones(heads))  # b_N
         self.feature_kernel = nn.Parameter(torch.ones(heads, self.head_dim))  # w_D
-        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))  # lambda; exclude from weight decay
+        self.temperature = nn.Parameter(torch.ones(heads, 1))  # lambda; exclude from weight decay
         self.proj = nn.Linear(qkv_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q = F.normalize(q, dim=-1, eps=self.eps)  # [B, h, N, d]
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).unbind(2)  # each [B, N, h, d]
+        q = F.normalize(q, dim=-1, eps=self.eps)
         k = F.normalize(k, dim=-1, eps=self.eps)
-        context_score = q @ self.context_kernel[:, :, None] + self.context_bias  # s_N: [B, h, N, 1]
-        context = context_score.transpose(-2, -1) @ k  # c: [B, h, 1, d], O(N d)
+        context_score = torch.einsum("bnhd,hd->bnh", q, self.context_kernel) + self.context_bias  # s_N
+        context = torch.einsum("bnh,bnhd->bhd", context_score, k)  # c: [B, h, d], O(N d)
         if self.context_mean:
             context = context / N
-        feature_score = context * self.feature_kernel[:, None, :]  # s_D: [B, h, 1, d]
-        y = (self.temperature * feature_score) * v  # [B, h, N, d]
-        y = y.transpose(1, 2).reshape(B, N, self.heads * self.head_dim)
-        return self.proj_drop(self.proj(y))
+        feature_score = context * self.feature_kernel  # s_D: [B, h, d]
+        y = (self.temperature * feature_score)[:, None] * v  # [B, N, h, d]
+        return self.proj_drop(self.proj(y.reshape(B, N, self.heads * self.head_dim)))
