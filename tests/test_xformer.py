@@ -150,7 +150,8 @@ def test_logits_and_features_shapes(res: int, xformer_s: torch.nn.Module, xforme
     assert feats.feature_info.reduction() == [2, 4, 8, 16, 32]
     with torch.no_grad():
         outs = feats(x)
-    assert [tuple(o.shape) for o in outs] == [(1, c, res // r, res // r) for c, r in zip((32, 64, 96, 128, 160), (2, 4, 8, 16, 32))]
+    expected = [(1, c, res // r, res // r) for c, r in zip((32, 64, 96, 128, 160), (2, 4, 8, 16, 32))]
+    assert [tuple(o.shape) for o in outs] == expected
 
 
 def test_features_at_1024_run_the_4096_token_stage():

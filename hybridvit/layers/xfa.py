@@ -26,7 +26,7 @@ class XFA(nn.Module):
     uniform context scores at init) and the branch is small, like MHSA's with the same projections.
     """
 
-    # Reconstructed (spec xformer.md §1.3 Reading A; paper equations unavailable offline): shapes of w_N (with bias b_N) and w_D, the 1/N in c, one head by default.
+    # Reconstructed (spec §1.3 Reading A, paper equation not available): w_N/b_N/w_D shapes, the 1/N in c, 1 head.
 
     def __init__(
         self,
