@@ -188,9 +188,9 @@ def test_adamw_steps_lower_the_loss():
     decay = [p for n, p in model.named_parameters() if n not in model.no_weight_decay()]
     no_decay = [p for n, p in model.named_parameters() if n in model.no_weight_decay()]
     opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=2e-3)
-    x, y = torch.randn(8, 3, 64, 64), torch.randint(0, 4, (8,))
+    x, y = torch.randn(4, 3, 48, 48), torch.randint(0, 4, (4,))
     losses = []
-    for _ in range(8):
+    for _ in range(6):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
