@@ -21,7 +21,7 @@ class XFA(nn.Module):
         Y_h = lambda_h * (1_N s_D) * V_h                  no softmax; lambda_h a learnable temperature
         out = [Y_1 .. Y_H] W_o                            projection qkv_dim -> C
 
-    `context_mean=False` drops the 1/N (the sum Reading A of the spec writes). Init: w_N ~ N(0, 1),
+    `context_mean=False` keeps the plain sum (as the spec's Reading A writes c). Init: w_N ~ N(0, 1),
     b_N = 1, w_D = 1, lambda = 1, so at init c is about the mean normalised key (like MobileViTv2's
     uniform context scores at init) and the branch is small, like MHSA's with the same projections.
     """
