@@ -1,7 +1,5 @@
 """Model families; importing this package registers every model with timm."""
-from . import ceit  # noqa: F401
-from . import mobilevit
-from . import mocovit
+from . import ceit, mobilevit, mocovit, xformer
 from ._registry import PaperEntry, check_model_name, list_models, paper_entry
 
-__all__ = ["PaperEntry", "check_model_name", "list_models", "mobilevit", "paper_entry"]
+__all__ = ["PaperEntry", "ceit", "check_model_name", "list_models", "mobilevit", "mocovit", "paper_entry", "xformer"]

@@ -1,0 +1,218 @@
+"""XFormer (Zhao et al., "Lightweight Vision Transformer with Cross Feature Attention", arXiv 2207.07268).
+
+A MobileViT-style CNN-ViT hybrid (§3.2): MobileNetV3 blocks (MV3) and XF blocks, whose transformer
+layers use Cross Feature Attention (XFA, `hybridvit.layers.xfa`) and so cost linear in the tokens.
+Layout: MobileViT-S's Table-4 layout with MV2 -> MV3 and MHSA -> XFA, the reading of the seed's
+Table 1 description in shared/specs/xformer.md §3 (embed dims 144/192/240, QKV dim 96, MLP ratios
+2/2/3, MV3 expansion 4 with SE, SiLU except GELU in the MLPs); it gives the paper's 5.5M params.
+
+Input size: any H, W; feature maps whose side is not a multiple of the 2x2 patch are bilinearly
+resized around the transformer, as in MobileViT.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead, ConvNormAct, DropPath, Mlp
+from timm.models import generate_default_cfgs
+
+from ..layers.init import init_weights_cvnets
+from ..layers.mobilenet_blocks import MV3Block
+from ..layers.patches import fold_patches, unfold_patches
+from ..layers.xfa import XFA
+from ._builder import build, check_image_batch
+from ._registry import PaperEntry, register
+
+
+class XFLayer(nn.Module):
+    """One transformer layer of an XF block (§3.2 "XF Block"): x + XFA(LN(x)), then x + MLP(LN(x)), MLP with GELU."""
+
+    def __init__(
+        self,
+        dim: int,
+        qkv_dim: int,
+        mlp_ratio: float,
+        heads: int = 1,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = XFA(dim, qkv_dim, heads, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=(0.0, drop))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class XFBlock(nn.Module):
+    """XF block (§3.2): MobileViT's local conv, 2x2 unfold, L XF layers + LN, fold, 1x1 projection, fusion.
+
+    The local/fusion convs around the XFA stack are MobileViT v1's (spec §2, reconstructed).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        embed_dim: int,
+        depth: int,
+        qkv_dim: int = 96,
+        mlp_ratio: float = 2.0,
+        heads: int = 1,
+        patch_size: int = 2,
+        kernel_size: int = 3,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.conv_kxk = ConvNormAct(channels, channels, kernel_size, act_layer=nn.SiLU)
+        self.conv_1x1 = nn.Conv2d(channels, embed_dim, 1, bias=False)
+        self.transformer = nn.Sequential(
+            *[XFLayer(embed_dim, qkv_dim, mlp_ratio, heads, drop=drop, drop_path=drop_path) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.conv_proj = ConvNormAct(embed_dim, channels, 1, act_layer=nn.SiLU)
+        self.conv_fusion = ConvNormAct(2 * channels, channels, kernel_size, act_layer=nn.SiLU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = self.conv_1x1(self.conv_kxk(x))
+        tokens, grid = unfold_patches(local, self.patch_size, self.patch_size)
+        tokens = self.norm(self.transformer(tokens))
+        global_rep = self.conv_proj(fold_patches(tokens, grid))
+        return self.conv_fusion(torch.cat((x, global_rep), dim=1))
+
+
+@dataclass(frozen=True)
+class XFormerConfig:
+    """One XFormer variant (paper §3.2 / Table 1 as read in spec §3)."""
+
+    channels: tuple[int, int, int, int, int]  # outputs of stages 1..5
+    embed_dims: tuple[int, int, int]  # XF embedding dim in stages 3..5
+    depths: tuple[int, int, int] = (2, 4, 3)  # XF layers per block in stages 3..5 (MobileViT-S's)
+    mlp_ratios: tuple[float, float, float] = (2.0, 2.0, 3.0)
+    qkv_dim: int = 96
+    heads: int = 1
+    mv3_expansion: float = 4.0
+    num_features: int = 640  # final 1x1 conv
+    dropout: float = 0.1  # transformer dropout; MobileViT-S recipe (XFormer's is unknown)
+    stem_chs: int = 16
+
+
+class XFormer(nn.Module):
+    """XFormer classifier: stem, five stages (MV3 / MV3 x3 / MV3 + XF block x3), 1x1 conv, pool, classifier."""
+
+    def __init__(
+        self,
+        cfg: XFormerConfig,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.1,
+        drop_path_rate: float = 0.0,
+        patch_size: int = 2,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = cfg.num_features
+        self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
+
+        c1, c2, c3, c4, c5 = cfg.channels
+        exp = cfg.mv3_expansion
+        stages: list[nn.Sequential] = [
+            nn.Sequential(MV3Block(cfg.stem_chs, c1, 1, exp)),
+            nn.Sequential(MV3Block(c1, c2, 2, exp), MV3Block(c2, c2, 1, exp), MV3Block(c2, c2, 1, exp)),
+        ]
+        prev = c2
+        for chs, dim, depth, ratio in zip((c3, c4, c5), cfg.embed_dims, cfg.depths, cfg.mlp_ratios):
+            block = XFBlock(
+                chs, dim, depth, cfg.qkv_dim, ratio, cfg.heads, patch_size, drop=cfg.dropout, drop_path=drop_path_rate
+            )
+            stages.append(nn.Sequential(MV3Block(prev, chs, 2, exp), block))
+            prev = chs
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = [
+            dict(num_chs=c, reduction=2 ** (i + 1), module=f"stages.{i}") for i, c in enumerate(cfg.channels)
+        ]
+        self.final_conv = ConvNormAct(c5, cfg.num_features, 1, act_layer=nn.SiLU)
+        self.head = ClassifierHead(cfg.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        init_weights_cvnets(self)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The XFA temperatures lambda (as XCiT does for its temperature)."""
+        return {name for name, _ in self.named_parameters() if name.endswith("attn.temperature")}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.in_chans)
+        return self.final_conv(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+MODEL_CFGS = {
+    # The paper's model (5.5M params).
+    "xformer_s": XFormerConfig(channels=(32, 64, 96, 128, 160), embed_dims=(144, 192, 240)),
+    # Not in the paper: MobileViT-XS / XXS widths with the same MV3 -> XFA swap; QKV dim scaled by
+    # the paper's S ratio (96 / 144 = 2/3 of the first embed dim).
+    "xformer_xs": XFormerConfig(
+        channels=(32, 48, 64, 80, 96), embed_dims=(96, 120, 144), qkv_dim=64, num_features=384
+    ),
+    "xformer_xxs": XFormerConfig(
+        channels=(16, 24, 48, 64, 80), embed_dims=(64, 80, 96), qkv_dim=48, mv3_expansion=2.0,
+        num_features=320, dropout=0.05,
+    ),
+}
+
+
+def _cfg(**kwargs) -> dict:
+    # MobileViT's preprocessing (RGB in [0, 1], bicubic, crop 0.9); XFormer trains at 256 like it.
+    return dict(
+        num_classes=1000, input_size=(3, 256, 256), pool_size=(8, 8), crop_pct=0.9, interpolation="bicubic",
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), first_conv="stem.conv", classifier="head.fc",
+        fixed_input_size=False, **kwargs,
+    )
+
+
+default_cfgs = generate_default_cfgs({name: _cfg() for name in MODEL_CFGS})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> XFormer:
+    return build(XFormer, variant, pretrained, cfg=MODEL_CFGS[variant], **kwargs)
+
+
+_PAPER = "XFormer arXiv 2207.07268 abstract / §3.2"
+_OURS = "not in paper"
+
+
+@register(PaperEntry("xformer", 256, params_m=5.5, top1=78.5, source=_PAPER))
+def xformer_s(pretrained: bool = False, **kwargs) -> XFormer:
+    return _create("xformer_s", pretrained, **kwargs)
+
+
+@register(PaperEntry("xformer", 256, params_m=None, top1=None, source=_OURS))
+def xformer_xs(pretrained: bool = False, **kwargs) -> XFormer:
+    return _create("xformer_xs", pretrained, **kwargs)
+
+
+@register(PaperEntry("xformer", 256, params_m=None, top1=None, source=_OURS))
+def xformer_xxs(pretrained: bool = False, **kwargs) -> XFormer:
+    return _create("xformer_xxs", pretrained, **kwargs)
