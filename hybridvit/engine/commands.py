@@ -19,7 +19,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, multi_scale=args.multi_scale,
         scales=args.scales or (), batch_rule=args.batch_rule, warmup_epochs=args.warmup_epochs, ema=args.ema,
         amp=args.amp, resume=args.resume, max_steps=args.max_steps, seed=args.seed, workers=args.workers,
-        device=args.device, progress=not args.no_progress, check_images=args.check_images,
+        device=args.device, progress=not args.no_progress, check_images=args.check_images, limit=args.limit,
     )
     trainer = None
     try:
@@ -95,6 +95,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (checkpoint kept)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the local GPU if any)")
+    p.add_argument("--limit", type=int, help="use only this many train and val images (quick checks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -65,6 +65,7 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     check_images: str = "full"
+    limit: int | None = None  # use only this many train and val images (a fixed random subset), for quick checks
 
 
 def resolve_recipe(cfg: TrainConfig) -> Recipe:
@@ -97,6 +98,19 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _subset(dataset: Dataset, size: int) -> Dataset:
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+    return Subset(dataset, order[:size].tolist())
+
+
+def build_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    """timm's optimizer; unless the recipe decays everything, 1-D params and `no_weight_decay()` get no decay."""
+    kwargs = {"betas": recipe.betas} if "adam" in recipe.opt else {"momentum": recipe.momentum}
+    return create_optimizer_v2(
+        model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay, filter_bias_and_bn=not recipe.decay_all, **kwargs
+    )
+
+
 def _loader(dataset: Dataset, seed: int, workers: int, **kwargs: Any) -> DataLoader:
     # A private generator: creating an iterator must not draw from the global RNG (exact resume).
     return DataLoader(dataset, num_workers=workers, generator=torch.Generator().manual_seed(seed), **kwargs)
@@ -118,6 +132,8 @@ class Trainer:
         _seed_everything(cfg.seed + self.info.rank)
 
         self.data = build_datasets(cfg.data, cfg.check_images)
+        if cfg.limit:
+            self.data.train, self.data.val = (_subset(d, cfg.limit) for d in (self.data.train, self.data.val))
         num_classes = len(self.data.classes)
         kwargs = {"drop_path_rate": recipe.drop_path} if recipe.drop_path else {}
         from .. import create_model
@@ -133,11 +149,7 @@ class Trainer:
         world_batch = recipe.batch_size * self.info.world_size
         lr_scale = world_batch / recipe.ref_batch if recipe.scale_lr else 1.0
         self.lr = cfg.lr if cfg.lr is not None else recipe.lr * lr_scale
-        opt_kwargs = {"betas": recipe.betas} if "adam" in recipe.opt else {"momentum": recipe.momentum}
-        self.optimizer = create_optimizer_v2(
-            model, opt=recipe.opt, lr=self.lr, weight_decay=recipe.weight_decay,
-            filter_bias_and_bn=not recipe.decay_all, **opt_kwargs,
-        )
+        self.optimizer = build_optimizer(model, recipe, self.lr)
         self.steps_per_epoch = len(self.batch_sampler)
         warmup = recipe.warmup_steps or round(recipe.warmup_epochs * self.steps_per_epoch)
         self.total_steps = recipe.epochs * self.steps_per_epoch
