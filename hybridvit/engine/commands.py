@@ -11,7 +11,7 @@ def _scales(text: str) -> tuple[int, ...]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .distributed import DistInfo, cleanup
+    from .distributed import cleanup
     from .train import TrainConfig, Trainer
 
     cfg = TrainConfig(
@@ -21,12 +21,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         amp=args.amp, resume=args.resume, max_steps=args.max_steps, seed=args.seed, workers=args.workers,
         device=args.device, progress=not args.no_progress, check_images=args.check_images, limit=args.limit,
     )
-    trainer = None
     try:
         trainer = Trainer(cfg)
         summary = trainer.run()
     finally:
-        cleanup(trainer.info if trainer is not None else DistInfo())
+        cleanup()
     if not trainer.info.is_main:
         return
     val = summary["val"]
@@ -39,17 +38,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    import torch
     from torch.utils.data import DataLoader
 
     from ..data.datasets import TransformedDataset, build_eval_dataset
     from .evaluate import evaluate
     from .inference import load_trained
 
+    from .distributed import resolve_device
+
+    device = resolve_device(args.device)
     trained = load_trained(args.checkpoint, args.model, args.weights, args.img_size)
+    trained.model.to(device)
     dataset = build_eval_dataset(args.data, trained.classes, args.check_images)
     loader = DataLoader(TransformedDataset(dataset, trained.transform), batch_size=args.batch_size, num_workers=args.workers)
-    result = evaluate(trained.model, loader, torch.device("cpu"))
+    result = evaluate(trained.model, loader, device)
     print(f"{result['count']} images at {trained.img_size}px: top-1 {result['top1']:.2f}% "
           f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}")
     skipped = getattr(dataset, "skipped", [])
@@ -107,6 +109,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         if verb == "eval":
             _common(p)
             p.add_argument("--batch-size", type=int, default=64)
+            p.add_argument("--device", help="cpu, cuda ... (default: a GPU if any)")
         else:
             p.add_argument("images", nargs="+", help="image files")
             p.add_argument("--img-size", type=int)

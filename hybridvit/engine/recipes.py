@@ -69,7 +69,7 @@ RECIPES: dict[str, Recipe] = {
     "digits": Recipe(
         name="digits",
         source="ours: a few-minute CPU run on the embedded scikit-learn digits (not from a paper)",
-        epochs=12, batch_size=32, ref_batch=32,
+        epochs=8, batch_size=32, ref_batch=32,
         lr=2e-3, min_lr=1e-5, warmup_lr=1e-4, warmup_epochs=1,
         weight_decay=0.01, label_smoothing=0.1, ema_decay=None,
         img_size=32, scale=(0.6, 1.0), hflip=0.0, crop_pct=1.0, interpolation="bilinear",
