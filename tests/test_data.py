@@ -68,3 +68,17 @@ def test_bad_data_directory_exit_code_2(tmp_path, capsys, make, message):
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("hybridvit: error: ") and message in err and err.count("\n") == 1
+
+
+def test_training_reports_skipped_files(tmp_path, capsys):
+    root = _tree(tmp_path / "data")
+    (root / "val/dog/cut.jpg").write_bytes((root / "val/dog/0.jpg").read_bytes()[:300])
+    argv = ["train", "--model", "hv_mobilevit_xxs", "--data", str(root), "--img-size", "32", "--output",
+            str(tmp_path / "out"), "--no-progress", "--epochs", "1"]
+    with pytest.warns(UserWarning, match="cut.jpg"):
+        assert main([*argv, "--batch-size", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "done: 1 epochs, 2 steps" in out and "skipped 1 unreadable image(s), e.g. " in out and "cut.jpg" in out
+    with pytest.warns(UserWarning):
+        assert main([*argv, "--batch-size", "64"]) == 2
+    assert "6 training images split over 1 process(es) do not fill one batch of 64" in capsys.readouterr().err
