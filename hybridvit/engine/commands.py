@@ -17,7 +17,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(
         model=args.model, data=args.data, recipe=args.recipe, output=args.output, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, multi_scale=args.multi_scale,
-        scales=args.scales or (), batch_rule=args.batch_rule, warmup_epochs=args.warmup_epochs, ema=args.ema,
+        scales=args.scales or (), batch_rule=args.batch_rule, warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay,
         amp=args.amp, resume=args.resume, max_steps=args.max_steps, seed=args.seed, workers=args.workers,
         device=args.device, progress=not args.no_progress, check_images=args.check_images, limit=args.limit,
     )
@@ -91,7 +91,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="MobileViT multi-scale variable-batch sampler (default: the recipe's)")
     p.add_argument("--scales", type=_scales, help="explicit training resolutions, e.g. 24,32,40")
     p.add_argument("--batch-rule", choices=("v0.1", "head"), help="batch size per scale (spec mobilevit.md §4.3)")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="EMA of weights")
+    p.add_argument("--ema-decay", type=float, help="EMA of weights per step, evaluated (0: off; default: the recipe's)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (checkpoint kept)")

@@ -52,8 +52,8 @@ def plot_curves(directory: Path) -> Path:
     rows = read_metrics(directory)
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="val")
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train (recipe's loss)")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="val (cross-entropy)")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.plot(epochs, [r["train_top1"] for r in rows], label="train")
     ax_acc.plot(epochs, [r["val_top1"] for r in rows], label="val")

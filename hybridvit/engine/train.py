@@ -56,7 +56,7 @@ class TrainConfig:
     scales: tuple[int, ...] = ()  # explicit training resolutions (implies multi-scale)
     batch_rule: str | None = None
     warmup_epochs: float | None = None
-    ema: bool | None = None
+    ema_decay: float | None = None  # 0 turns EMA off; > 0 turns it on (evaluated) with this decay per step
     amp: bool | None = None
     resume: bool = False
     max_steps: int | None = None  # stop after this many optimizer steps in total, keeping a checkpoint
@@ -77,8 +77,10 @@ def resolve_recipe(cfg: TrainConfig) -> Recipe:
     }
     if cfg.warmup_epochs is not None:
         overrides.update(warmup_epochs=cfg.warmup_epochs, warmup_steps=0)
-    if cfg.ema is False:
+    if cfg.ema_decay == 0:
         overrides.update(ema_decay=None, eval_ema=False)
+    elif cfg.ema_decay is not None:
+        overrides.update(ema_decay=cfg.ema_decay, eval_ema=True)
     return dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -159,7 +161,6 @@ class Trainer:
         )
         self.amp = cfg.amp if cfg.amp is not None else recipe.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
-        self.ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
         self.mixup = (
             Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing,
                   num_classes=num_classes)
@@ -173,6 +174,8 @@ class Trainer:
             DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.info.enabled else model
         )
+        # After the DDP wrap, which broadcasts rank 0's initial weights: every rank's EMA starts equal.
+        self.ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.best_top1 = -1.0
         self.running = torch.zeros(3, dtype=torch.float64)  # loss sum, top-1 hits, samples in this epoch
