@@ -58,7 +58,7 @@ def test_main_job_short(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(out), str(tmp_path / "digit.png"), "--topk", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("digit.png") and len(lines) == 4
-    probs = [float(line.split()[1].rstrip("%")) for line in lines[1:]]
+    probs = [float(line.split()[0].rstrip("%")) for line in lines[1:]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.01
 
     assert main(["eval", "--checkpoint", str(out), "--weights", "last"]) == 0

@@ -66,7 +66,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for file, top in zip(args.images, predict_files(trained, args.images, args.topk)):
         print(file)
         for name, prob in top:
-            print(f"  {name:>20s}  {100 * prob:6.2f}%")
+            print(f"  {100 * prob:6.2f}%  {name}")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
