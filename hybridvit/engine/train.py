@@ -31,7 +31,7 @@ from ..errors import CheckpointError, DataError, TrainingDivergedError
 from ..data.datasets import TransformedDataset, build_datasets
 from ..data.sampler import MultiScaleBatchSampler, ScheduledTransformDataset, multi_scale_resolutions
 from . import checkpointing as ckpt
-from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed, resolve_device
+from .distributed import all_gather_objects, all_reduce_sum, barrier, init_distributed, resolve_device
 from .evaluate import autocast, evaluate
 from .metrics import MetricsLogger, plot_curves, read_metrics
 from .recipes import Recipe, get_recipe
