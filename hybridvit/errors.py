@@ -15,3 +15,15 @@ class CheckpointError(HybridViTError):
 
 class InputShapeError(HybridViTError):
     """An input tensor of the wrong rank, channel count or size."""
+
+
+class DataError(HybridViTError):
+    """A data directory that is missing, empty, or holds no readable image."""
+
+
+class RecipeError(HybridViTError):
+    """A training recipe name that is not defined."""
+
+
+class TrainingDivergedError(HybridViTError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

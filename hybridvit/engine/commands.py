@@ -1,0 +1,117 @@
+"""CLI verbs `train`, `eval` and `predict` (registered by hybridvit/cli.py)."""
+from __future__ import annotations
+
+import argparse
+
+from .recipes import RECIPES
+
+
+def _scales(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .distributed import cleanup
+    from .train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        model=args.model, data=args.data, recipe=args.recipe, output=args.output, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, multi_scale=args.multi_scale,
+        scales=args.scales or (), batch_rule=args.batch_rule, warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay,
+        amp=args.amp, resume=args.resume, max_steps=args.max_steps, seed=args.seed, workers=args.workers,
+        device=args.device, progress=not args.no_progress, check_images=args.check_images, limit=args.limit,
+    )
+    try:
+        trainer = Trainer(cfg)
+        summary = trainer.run()
+    finally:
+        cleanup()
+    if not trainer.info.is_main:
+        return
+    val = summary["val"]
+    result = f"val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% on {val['count']} images" if val else "no epoch finished"
+    print(f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']:.1f}s; {result}; "
+          f"best top-1 {max(summary['best_top1'], 0):.2f}%")
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} unreadable image(s), e.g. {summary['skipped'][0]}")
+    print(f"outputs in {summary['output']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from torch.utils.data import DataLoader
+
+    from ..data.datasets import TransformedDataset, build_eval_dataset
+    from .evaluate import evaluate
+    from .inference import load_trained
+
+    from .distributed import resolve_device
+
+    device = resolve_device(args.device)
+    trained = load_trained(args.checkpoint, args.model, args.weights, args.img_size)
+    trained.model.to(device)
+    dataset = build_eval_dataset(args.data, trained.classes, args.check_images)
+    loader = DataLoader(TransformedDataset(dataset, trained.transform), batch_size=args.batch_size, num_workers=args.workers)
+    result = evaluate(trained.model, loader, device)
+    print(f"{result['count']} images at {trained.img_size}px: top-1 {result['top1']:.2f}% "
+          f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}")
+    skipped = getattr(dataset, "skipped", [])
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s)")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .inference import load_trained, predict_files
+
+    trained = load_trained(args.checkpoint, args.model, args.weights, args.img_size)
+    for file, top in zip(args.images, predict_files(trained, args.images, args.topk)):
+        print(file)
+        for name, prob in top:
+            print(f"  {100 * prob:6.2f}%  {name}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="ImageFolder tree with train/ and val/ (default: embedded scikit-learn digits)")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the recipe's, else the model's)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--check-images", choices=("full", "header", "none"), default="full",
+                   help="scan image files up front: decode fully (default), headers only, or not at all")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a model (default: on the embedded digits, a few CPU minutes)")
+    p.add_argument("--model", required=True)
+    _common(p)
+    p.add_argument("--recipe", default="digits", help=f"training recipe: {', '.join(RECIPES)} (default: digits)")
+    p.add_argument("--output", default="runs/train", help="output directory (checkpoints, metrics.csv, curves.png)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per process, at the base resolution")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--multi-scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="MobileViT multi-scale variable-batch sampler (default: the recipe's)")
+    p.add_argument("--scales", type=_scales, help="explicit training resolutions, e.g. 24,32,40")
+    p.add_argument("--batch-rule", choices=("v0.1", "head"), help="batch size per scale (spec mobilevit.md §4.3)")
+    p.add_argument("--ema-decay", type=float, help="EMA of weights per step, evaluated (0: off; default: the recipe's)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (checkpoint kept)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the local GPU if any)")
+    p.add_argument("--limit", type=int, help="use only this many train and val images (quick checks)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    for verb, func, text in (("eval", cmd_eval, "evaluate a trained model"), ("predict", cmd_predict, "top-k classes of image files")):
+        p = subparsers.add_parser(verb, help=text)
+        p.add_argument("--checkpoint", required=True, help="training output directory, or a weights file")
+        p.add_argument("--model", help="model name (default: the one recorded in the output directory)")
+        p.add_argument("--weights", choices=("best", "last", "ema"), default="best", help="which weights of an output directory")
+        if verb == "eval":
+            _common(p)
+            p.add_argument("--batch-size", type=int, default=64)
+            p.add_argument("--device", help="cpu, cuda ... (default: a GPU if any)")
+        else:
+            p.add_argument("images", nargs="+", help="image files")
+            p.add_argument("--img-size", type=int)
+            p.add_argument("--topk", type=int, default=5)
+        p.set_defaults(func=func)

@@ -1,0 +1,140 @@
+"""Training recipes of the papers as named presets (`hybridvit train --recipe NAME`).
+
+Each preset copies its source's numbers; `source` says where they come from (see
+docs/training.md and /work/shared/specs/*.md). Learning rates are for the source's global batch
+`ref_batch`; with `scale_lr` the trainer scales them linearly to the actual global batch, as
+DeiT and Swin do; otherwise the learning rate is used as written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..errors import RecipeError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimiser, schedule, regularisation and augmentation of one training recipe."""
+
+    name: str
+    source: str
+    epochs: int
+    batch_size: int  # per process, at the base resolution
+    ref_batch: int  # the global batch the source trained with
+    lr: float
+    min_lr: float
+    warmup_lr: float
+    warmup_epochs: float = 0.0
+    warmup_steps: int = 0  # used instead of warmup_epochs when > 0
+    opt: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.05
+    decay_all: bool = False  # True: weight decay on every parameter (MobileViT); else no decay on 1-D params and no_weight_decay()
+    scale_lr: bool = False
+    label_smoothing: float = 0.1
+    ema_decay: float | None = None  # None: no EMA
+    eval_ema: bool = False  # evaluate (and pick `best`) with the EMA weights
+    clip_grad: float | None = None
+    amp: bool = True  # used on CUDA only
+    drop_path: float = 0.0
+    img_size: int | None = None  # None: the model's default input size
+    multi_scale: bool = False  # MobileViT's variable-batch sampler over 0.625x..1.25x the base size
+    batch_rule: str = "v0.1"
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    auto_augment: str | None = None
+    re_prob: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    interpolation: str = "bilinear"
+    crop_pct: float | None = None  # None: the model's
+    notes: tuple[str, ...] = field(default=())
+
+
+_MOBILEVIT = Recipe(
+    name="mobilevit",
+    source="MobileViT paper §4.1 + ml-cvnets v0.1 config/classification/mobilevit_*.yaml (spec mobilevit.md §4.7)",
+    epochs=300, batch_size=128, ref_batch=1024,
+    lr=2e-3, min_lr=2e-4, warmup_lr=2e-4, warmup_steps=3000,
+    weight_decay=0.01, decay_all=True, label_smoothing=0.1,
+    ema_decay=0.9995, eval_ema=True,  # cvnets momentum 0.0005 per iteration
+    img_size=256, multi_scale=True, batch_rule="v0.1",
+    scale=(0.08, 1.0), hflip=0.5, interpolation="bilinear", crop_pct=256 / 288,
+    notes=("cvnets' cosine is per epoch and not offset by the warm-up; here it is per step",),
+)
+
+RECIPES: dict[str, Recipe] = {
+    "digits": Recipe(
+        name="digits",
+        source="ours: a few-minute CPU run on the embedded scikit-learn digits (not from a paper)",
+        epochs=8, batch_size=32, ref_batch=32,
+        lr=2e-3, min_lr=1e-5, warmup_lr=1e-4, warmup_epochs=1,
+        weight_decay=0.01, label_smoothing=0.1, ema_decay=None,
+        img_size=32, scale=(0.6, 1.0), hflip=0.0, crop_pct=1.0, interpolation="bilinear",
+    ),
+    "mobilevit": _MOBILEVIT,
+    "xformer": replace(
+        _MOBILEVIT,
+        name="xformer",
+        source="XFormer recipe not published; ml-cvnets HEAD config/classification/imagenet/mobilevit.yaml (spec xformer.md §5)",
+        warmup_steps=20000, batch_rule="head",
+    ),
+    "deit": Recipe(
+        name="deit",
+        source="CeiT official main.py defaults = DeiT recipe (spec ceit.md §7)",
+        epochs=300, batch_size=256, ref_batch=512,
+        lr=5e-4, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=5, scale_lr=True,
+        opt="adamw", weight_decay=0.05, label_smoothing=0.1,
+        ema_decay=0.99996, eval_ema=False, drop_path=0.1, img_size=224,
+        color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8, cutmix=1.0,
+        interpolation="bicubic", crop_pct=224 / 256,
+        notes=("repeated augmentation of the source is not implemented",),
+    ),
+    "boat": Recipe(
+        name="boat",
+        source="BOAT-CSWin README + main.py defaults (spec boat.md §4); T/S numbers",
+        epochs=300, batch_size=256, ref_batch=2048,
+        lr=2e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=20,
+        weight_decay=0.05, label_smoothing=0.1, ema_decay=0.99984, eval_ema=True, img_size=224,
+        color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8, cutmix=1.0,
+        interpolation="random", crop_pct=224 / 256,
+        notes=("timm's cooldown_epochs=10 of the source is not added",),
+    ),
+    "swin": Recipe(
+        name="swin",
+        source="BOAT-Swin = Swin config.py (spec boat.md §4)",
+        epochs=300, batch_size=128, ref_batch=512,
+        lr=5e-4, min_lr=5e-6, warmup_lr=5e-7, warmup_epochs=20, scale_lr=True,
+        weight_decay=0.05, label_smoothing=0.1, clip_grad=5.0, img_size=224,
+        color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8, cutmix=1.0,
+        interpolation="bicubic", crop_pct=224 / 256,
+    ),
+    "mocovit": Recipe(
+        name="mocovit",
+        source="MoCoViT recipe not published; Mobile-Former README (spec mocovit.md §7 (a))",
+        epochs=450, batch_size=128, ref_batch=1024,
+        lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=5,
+        weight_decay=0.2, label_smoothing=0.0, img_size=224,
+        auto_augment="rand-m9-mstd0.5", re_prob=0.2, mixup=0.2,
+        interpolation="bicubic", crop_pct=224 / 256,
+        notes=("warm-up length is not given by the source; 5 epochs is ours",),
+    ),
+    "ghostnet": Recipe(
+        name="ghostnet",
+        source="GhostNet via mindcv ghostnet_050 config (spec mocovit.md §7 (b))",
+        epochs=600, batch_size=128, ref_batch=1024,
+        lr=0.4, min_lr=1e-6, warmup_lr=1e-6, warmup_epochs=20,
+        opt="momentum", weight_decay=2e-5, label_smoothing=0.1, img_size=224,
+        auto_augment="rand-m9", re_prob=0.25, interpolation="bilinear", crop_pct=0.875,
+    ),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The preset called `name`; a one-line RecipeError lists the known ones."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise RecipeError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
