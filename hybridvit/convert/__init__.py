@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .ceit import ceit_resize_pos_embed, is_ceit_state_dict
+from .ghostnet import ghostnet_from_timm
 from .mobilevit import is_cvnets_mobilevit, mobilevit_from_cvnets, mobilevit_from_timm
 
 
@@ -19,4 +20,10 @@ def convert_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
     return state_dict
 
 
-__all__ = ["ceit_resize_pos_embed", "convert_state_dict", "mobilevit_from_cvnets", "mobilevit_from_timm"]
+__all__ = [
+    "ceit_resize_pos_embed",
+    "convert_state_dict",
+    "ghostnet_from_timm",
+    "mobilevit_from_cvnets",
+    "mobilevit_from_timm",
+]

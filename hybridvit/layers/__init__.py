@@ -1,14 +1,36 @@
 """Building blocks shared across model families; one concept per file."""
 from .attention import MultiHeadSelfAttention
+from .dyrelu import DyReLU
+from .ghost import GhostBottleneck, GhostModule
+from .i2t import I2TStem, ImageToTokens
 from .init import init_weights_cvnets
-from .mobilenet_blocks import MV2Block
+from .lca import LCA, LCAAttention
+from .leff import LeFF
+from .mobilenet_blocks import MV2Block, MV3Block
+from .moffn import MoFFN
+from .mosa import MoSA
 from .patches import PatchGrid, fold_patches, unfold_patches
+from .squeeze_excite import SqueezeExcite
 from .transformer import TransformerLayer
+from .xfa import XFA
 
 __all__ = [
+    "LCA",
+    "XFA",
+    "DyReLU",
+    "GhostBottleneck",
+    "GhostModule",
+    "I2TStem",
+    "ImageToTokens",
+    "LCAAttention",
+    "LeFF",
     "MV2Block",
+    "MV3Block",
+    "MoFFN",
+    "MoSA",
     "MultiHeadSelfAttention",
     "PatchGrid",
+    "SqueezeExcite",
     "TransformerLayer",
     "fold_patches",
     "init_weights_cvnets",
