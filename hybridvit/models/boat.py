@@ -32,27 +32,18 @@ from ..layers.fsla import FSLA
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
-GROUP_SIZE = 49  # FSLA cluster size m, hard-coded in the reference (= 7 x 7 window)
 _SIZES_THAT_WORK = "224x224, 224x448, 448x448, ... (224a x 224b with a*b a power of two)"
-
-
-def _check_fsla_tokens(H: int, W: int, stage: int, img_size: tuple[int, int]) -> None:
-    if cluster_levels(H * W, GROUP_SIZE) is None:
-        raise InputShapeError(
-            f"BOAT's FSLA needs 49*2^k tokens per stage, but input {img_size[0]}x{img_size[1]} gives a "
-            f"{H}x{W} map in stage {stage + 1}; sizes that work: {_SIZES_THAT_WORK}"
-        )
 
 
 class BoatSwinBlock(SwinTransformerBlock):
     """Bilateral local attention block on Swin (§3.3): (S)W-MSA, then FSLA in shifted blocks, then MLP."""
 
-    def __init__(self, dim: int, num_heads: int, **kwargs) -> None:
+    def __init__(self, dim: int, num_heads: int, group_size: int, overlap: int, **kwargs) -> None:
         super().__init__(dim=dim, num_heads=num_heads, **kwargs)
         self.attnC = self.norm4 = None
         if any(self.shift_size):  # reference: FSLA only where the window is shifted
             self.norm4 = nn.LayerNorm(dim)
-            self.attnC = FSLA(dim, num_heads, GROUP_SIZE)
+            self.attnC = FSLA(dim, num_heads, group_size, overlap)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -69,13 +60,14 @@ class BoatSwinStage(nn.Module):
 
     def __init__(
         self, dim: int, out_dim: int, resolution: tuple[int, int], depth: int, num_heads: int,
-        window_size: int, downsample: bool, drop_path: list[float], mlp_ratio: float = 4.0,
+        window_size: int, downsample: bool, drop_path: list[float], group_size: int, overlap: int,
+        mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
         self.downsample = PatchMerging(dim, out_dim) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
             BoatSwinBlock(
-                out_dim, num_heads, input_resolution=resolution, window_size=window_size,
+                out_dim, num_heads, group_size, overlap, input_resolution=resolution, window_size=window_size,
                 shift_size=0 if i % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio, drop_path=drop_path[i],
             )
             for i in range(depth)
@@ -93,8 +85,8 @@ class BoatCSWinBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, split_size: int, last_stage: bool, fsla: bool,
-        mlp_ratio: float = 4.0, drop_path: float = 0.0,
+        self, dim: int, num_heads: int, split_size: int, last_stage: bool, fsla: bool, group_size: int,
+        overlap: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -110,7 +102,7 @@ class BoatCSWinBlock(nn.Module):
         self.content_attn = self.norm3 = None
         if fsla:
             self.norm3 = nn.LayerNorm(dim)
-            self.content_attn = FSLA(dim, num_heads, GROUP_SIZE, scale=1.0)
+            self.content_attn = FSLA(dim, num_heads, group_size, overlap, scale=1.0)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
@@ -144,12 +136,14 @@ class BoatCSWinStage(nn.Module):
 
     def __init__(
         self, dim: int, out_dim: int, depth: int, num_heads: int, split_size: int, downsample: bool,
-        last_stage: bool, drop_path: list[float], mlp_ratio: float = 4.0,
+        last_stage: bool, drop_path: list[float], group_size: int, overlap: int, mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
         self.downsample = ConvEmbed(dim, out_dim, 3, 2, 1) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
-            BoatCSWinBlock(out_dim, num_heads, split_size, last_stage, i % 2 == 0, mlp_ratio, drop_path[i])
+            BoatCSWinBlock(
+                out_dim, num_heads, split_size, last_stage, i % 2 == 0, group_size, overlap, mlp_ratio, drop_path[i]
+            )
             for i in range(depth)
         ])
 
@@ -168,6 +162,8 @@ class BoatConfig:
     drop_path_rate: float
     split_sizes: tuple[int, int, int, int] = (1, 2, 7, 7)  # CSWin stripe widths per stage
     window_size: int = 7  # Swin window
+    group_size: int = 49  # FSLA cluster size m (the reference hard-codes 49 = 7 x 7)
+    overlap: int = 20  # keys shared between last-level siblings (the reference's n = 20)
 
 
 class BoatTransformer(nn.Module):
@@ -199,25 +195,36 @@ class BoatTransformer(nn.Module):
             self.patch_embed = ConvEmbed(in_chans, dims[0], 4, 4, 0)
             self.layers = nn.Sequential(*[
                 BoatSwinStage(dims[max(i - 1, 0)], dims[i], maps[i], cfg.depths[i], cfg.num_heads[i],
-                              cfg.window_size, i > 0, dpr[i], mlp_ratio)
+                              cfg.window_size, i > 0, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio)
                 for i in range(4)
             ])
-            fsla_stages = [i for i, (h, w) in enumerate(maps) if min(h, w) > cfg.window_size]
+            fsla_stages = [i for i, st in enumerate(self.layers) if any(b.attnC is not None for b in st.blocks)]
         else:
             self.stem = ConvEmbed(in_chans, dims[0], 7, 4, 2)
             self.stages = nn.Sequential(*[
                 BoatCSWinStage(dims[max(i - 1, 0)], dims[i], cfg.depths[i], cfg.num_heads[i], cfg.split_sizes[i],
-                               i > 0, i == 3, dpr[i], mlp_ratio)
+                               i > 0, i == 3, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio)
                 for i in range(4)
             ])
             fsla_stages = list(range(4))
-        for i in fsla_stages:
-            _check_fsla_tokens(*maps[i], i, self.img_size)
+        self.fsla_stages, self.group_size = fsla_stages, cfg.group_size
+        self._check_size(*self.img_size)
         stage_name = "layers" if cfg.isla == "swin" else "stages"
         self.feature_info = [dict(num_chs=d, reduction=4 * 2**i, module=f"{stage_name}.{i}") for i, d in enumerate(dims)]
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.apply(_init_weights)
+
+    def _check_size(self, H: int, W: int) -> None:
+        """Raise InputShapeError unless every stage with FSLA gets group_size * 2**k tokens."""
+        for i in self.fsla_stages:
+            h, w = H // 2 ** (i + 2), W // 2 ** (i + 2)
+            if H % 2 ** (i + 2) or W % 2 ** (i + 2) or cluster_levels(h * w, self.group_size) is None:
+                raise InputShapeError(
+                    f"BOAT's FSLA needs {self.group_size}*2^k tokens per stage, but input {H}x{W} gives a {H / 2 ** (i + 2):g}x"
+                    f"{W / 2 ** (i + 2):g} map in stage {i + 1}; sizes that work for the paper's models: "
+                    f"{_SIZES_THAT_WORK}"
+                )
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -237,10 +244,12 @@ class BoatTransformer(nn.Module):
             if tuple(x.shape[-2:]) != self.img_size:  # Swin's shift masks are built for img_size
                 raise InputShapeError(
                     f"this BOAT-Swin was built for {self.img_size[0]}x{self.img_size[1]} inputs, got "
-                    f"{x.shape[-2]}x{x.shape[-1]}; create it with img_size=(H, W), sizes that work: {_SIZES_THAT_WORK}"
+                    f"{x.shape[-2]}x{x.shape[-1]}; create it with img_size=(H, W), sizes that work for the "
+                    f"paper's models: {_SIZES_THAT_WORK}"
                 )
             x = self.layers(self.patch_embed(x))
         else:
+            self._check_size(x.shape[-2], x.shape[-1])
             x = self.stages(self.stem(x))
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
