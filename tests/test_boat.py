@@ -122,16 +122,28 @@ def test_fsla_equals_attention_inside_each_cluster_with_overlap() -> None:
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_fsla_keeps_images_independent_and_passes_gradients() -> None:
+def test_fsla_passes_gradients_to_input_and_weights() -> None:
     torch.manual_seed(4)
     fsla = FSLA(32, 2)
-    x = torch.randn(2, 7, 7, 32, requires_grad=True)  # one group: the reference would borrow from image 1
+    x = torch.randn(2, 14, 14, 32, requires_grad=True)
     y = fsla(x)
-    x2 = x.detach().clone()
-    x2[1] = torch.randn(7, 7, 32)
-    torch.testing.assert_close(fsla(x2)[0], y[0])
     y.sum().backward()
     assert x.grad is not None and fsla.qkv.weight.grad.abs().sum() > 0
+
+
+def test_reference_batch_pairing_couples_images_2j_and_2j_plus_1() -> None:
+    torch.manual_seed(8)
+    fsla = FSLA(32, 2, reference_batch_pairing=True)
+    x = torch.randn(4, 7, 7, 32)
+    x2 = x.clone()
+    x2[1] = torch.randn(7, 7, 32)
+    y, y2 = fsla(x), fsla(x2)
+    assert not torch.allclose(y[0], y2[0])  # image 0 borrows 20 keys from image 1
+    torch.testing.assert_close(y[2:], y2[2:])
+    with pytest.raises(InputShapeError, match="reference_batch_pairing needs an even batch, got 3"):
+        fsla(x[:3])
+    fsla.reference_batch_pairing = False
+    torch.testing.assert_close(fsla(x)[0], fsla(x2)[0])
 
 
 def test_fsla_errors() -> None:

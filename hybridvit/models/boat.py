@@ -10,7 +10,9 @@ mahaoyuHKU/pytorch-boat (spec shared/specs/boat.md §3-4); parameter counts equa
   FSLA (`attnC` + `norm4`, the reference's names) only in shifted-window blocks, i.e. odd blocks of the
   stages whose map is larger than the 7x7 window; no drop-path on the FSLA residual.
 - BOAT-CSWin: FSLA (`content_attn` + `norm3`) in even blocks of every stage, with drop-path and
-  logit scale 1 (the reference passes `qk_scale=qkv_bias=True`).
+  logit scale 1 (the reference passes `qk_scale=qkv_bias=True`). In stage 4 (one group at 224) the
+  reference pairs images of the batch; `reference_batch_pairing=True` reproduces that, the default
+  keeps images independent.
 
 Input size: FSLA needs 49 * 2**k tokens at every stage that has it, i.e. H x W = 224a x 224b with a*b a
 power of two (224x224, 224x448, 448x448, ...); other sizes raise InputShapeError.
@@ -179,6 +181,7 @@ class BoatTransformer(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float | None = None,
         mlp_ratio: float = 4.0,
+        reference_batch_pairing: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -214,6 +217,9 @@ class BoatTransformer(nn.Module):
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.apply(_init_weights)
+        for module in self.modules():  # see FSLA: only matters where a stage has a single group
+            if isinstance(module, FSLA):
+                module.reference_batch_pairing = reference_batch_pairing
 
     def _check_size(self, H: int, W: int) -> None:
         """Raise InputShapeError unless every stage with FSLA gets group_size * 2**k tokens."""
