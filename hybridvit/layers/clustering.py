@@ -36,7 +36,7 @@ def balanced_hierarchical_clustering(
     re-estimation, then a sort of (cos_0 + 1) / (cos_1 + 1) ascending and a cut at the middle.
     """
     G, N, D = x.shape
-    perm = torch.arange(N, device=x.device).expand(G, N)
+    perm = torch.arange(N, device=x.device).repeat(G)  # flat [G * N], regrouped like the rows of x
     for _ in range(levels):
         g, n, _ = x.shape  # g = G * 2**level groups of n tokens
         unit = F.normalize(x, dim=-1)
@@ -46,9 +46,10 @@ def balanced_hierarchical_clustering(
             centres = F.normalize(assign.transpose(1, 2) @ x, dim=-1)
         cos = unit @ centres.transpose(1, 2)
         order = ((cos[..., 0] + 1) / (cos[..., 1] + 1)).argsort(dim=-1)  # [g, n]
-        perm = perm.reshape(g, n).gather(1, order)
-        x = x.gather(1, order.unsqueeze(-1).expand(g, n, D)).view(2 * g, n // 2, D)
-    perm = perm.reshape(G, N)
+        rows = (order + n * torch.arange(g, device=x.device).unsqueeze(1)).flatten()  # row gathers beat gather()
+        perm = perm.index_select(0, rows)
+        x = x.reshape(g * n, D).index_select(0, rows).view(2 * g, n // 2, D)
+    perm = perm.view(G, N)
     inv = torch.empty_like(perm).scatter_(1, perm, torch.arange(N, device=x.device).expand(G, N))
     return perm, inv
 

@@ -65,37 +65,36 @@ class FSLA(nn.Module):
             raise InputShapeError(
                 f"FSLA needs group_size * 2**L tokens ({m}, {2 * m}, {4 * m}, ...), got {H}x{W} = {N}"
             )
-        qkv = self.qkv(x).reshape(B, N, 3, h, d).permute(2, 0, 3, 1, 4)  # [3, B, h, N, d]
-        v = qkv[2]
+        qkv = self.qkv(x)  # [B, H, W, 3C], channels (q|k|v, head, d)
         if levels == 0 and self.reference_batch_pairing:
             if B % 2:
                 raise InputShapeError(f"reference_batch_pairing needs an even batch, got {B}")
-            pairs = qkv.view(3, B // 2, 2, h, N, d).transpose(2, 3).reshape(3, B // 2, h, 2 * N, d)
-            out = self._grouped_attention(pairs, levels=0, groups=2)
-            out = out.view(B // 2, h, 2, N, d).transpose(1, 2).reshape(B, h, N, d)
+            out = self._grouped_attention(qkv.reshape(B // 2, 2 * N, 3, h, d), levels=0, groups=2)
         else:
-            out = self._grouped_attention(qkv, levels, 2**levels)
-        out = out.transpose(1, 2).reshape(B, H, W, C)
-        lepe = self.get_v(v.transpose(-1, -2).reshape(B, C, H, W)).permute(0, 2, 3, 1)
-        return self.proj_drop(self.proj(out + lepe))
+            out = self._grouped_attention(qkv.reshape(B, N, 3, h, d), levels, 2**levels)
+        lepe = self.get_v(qkv[..., 2 * C :].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj_drop(self.proj(out.reshape(B, H, W, C) + lepe))
 
     def _grouped_attention(self, qkv: torch.Tensor, levels: int, groups: int) -> torch.Tensor:
-        """Cluster q [B, h, N, d] into `groups` groups, attend inside each, return outputs in input order."""
-        _, B, h, N, d = qkv.shape
-        m = N // groups
-        q = qkv[0]
-        perm, inv = balanced_hierarchical_clustering(q.reshape(B * h, N, d), levels, self.iters, self.temperature)
-        perm, inv = perm.view(B, h, N), inv.view(B, h, N)
+        """Cluster the queries of qkv [B, N, 3, h, d] into `groups` groups per (image, head), attend inside
+        each group, return [B, N, h, d] in input order. Tokens move as rows of `rows` (index_select)."""
+        B, N, _, h, d = qkv.shape
+        m, dev = N // groups, qkv.device
+        perm, inv = balanced_hierarchical_clustering(
+            qkv[:, :, 0].transpose(1, 2).reshape(B * h, N, d), levels, self.iters, self.temperature
+        )
+        rows = qkv.reshape(-1, d)
+        batch, head = torch.arange(B, device=dev).view(B, 1, 1), torch.arange(h, device=dev).view(1, h, 1)
+        q_rows = (batch * N + perm.view(B, h, N)) * 3 * h + head  # row of q for each clustered token
         overlap = self.overlap if groups > 1 else 0
-        key_pos = overlapping_key_index(groups, m, overlap, q.device).flatten()
-        kv_idx = perm.gather(-1, key_pos.expand(B, h, -1))  # [B, h, groups * (m + overlap)]
-        kv = qkv[1:].gather(3, kv_idx[None, ..., None].expand(2, B, h, -1, d))
-        q = q.gather(2, perm.unsqueeze(-1).expand(B, h, N, d))
+        key_pos = overlapping_key_index(groups, m, overlap, dev).flatten()
+        k_rows = q_rows.gather(-1, key_pos.expand(B, h, -1)) + h
         out = F.scaled_dot_product_attention(
-            q.reshape(B * h, groups, m, d),
-            kv[0].reshape(B * h, groups, m + overlap, d),
-            kv[1].reshape(B * h, groups, m + overlap, d),
+            rows.index_select(0, q_rows.flatten()).view(B * h, groups, m, d),
+            rows.index_select(0, k_rows.flatten()).view(B * h, groups, m + overlap, d),
+            rows.index_select(0, (k_rows + h).flatten()).view(B * h, groups, m + overlap, d),
             dropout_p=self.attn_drop if self.training else 0.0,
             scale=self.scale,
-        )
-        return out.reshape(B, h, N, d).gather(2, inv.unsqueeze(-1).expand(B, h, N, d))
+        )  # rows ordered (image, head, clustered token)
+        back = (batch * h + head) * N + inv.view(B, h, N)  # row of each token's output, [B, h, N]
+        return out.reshape(-1, d).index_select(0, back.transpose(1, 2).flatten()).view(B, N, h, d)
