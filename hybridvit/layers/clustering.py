@@ -42,8 +42,11 @@ def balanced_hierarchical_clustering(
         unit = F.normalize(x, dim=-1)
         centres = F.normalize(x.view(g, 2, n // 2, D).mean(dim=2), dim=-1)  # [g, 2, D]
         for _ in range(iters):
-            assign = torch.softmax(temperature * (unit @ centres.transpose(1, 2)), dim=-1)  # [g, n, 2]
-            centres = F.normalize(assign.transpose(1, 2) @ x, dim=-1)
+            cos = unit @ centres.transpose(1, 2)  # [g, n, 2]
+            # softmax over the two centres, as a sigmoid of the difference (CPU softmax over 2 is slow)
+            near_first = torch.sigmoid(temperature * (cos[..., 0] - cos[..., 1]))
+            assign = torch.stack((near_first, 1 - near_first), dim=1)  # [g, 2, n]
+            centres = F.normalize(assign @ x, dim=-1)
         cos = unit @ centres.transpose(1, 2)
         order = ((cos[..., 0] + 1) / (cos[..., 1] + 1)).argsort(dim=-1)  # [g, n]
         rows = (order + n * torch.arange(g, device=x.device).unsqueeze(1)).flatten()  # row gathers beat gather()
