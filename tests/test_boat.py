@@ -187,10 +187,18 @@ def test_shapes_and_features_at_224(name: str) -> None:
     assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
 
 
+def test_real_forward_at_224() -> None:
+    torch.manual_seed(9)
+    model = timm.create_model("boat_swin_tiny", num_classes=3).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 3) and torch.isfinite(out).all()
+
+
 # Reduced configs that run real compute cheaply: groups of 4 tokens, 2x2 Swin windows, small inputs.
 SMALL = {
-    "swin": (BoatConfig("swin", 8, (2, 2, 2, 2), (1, 2, 4, 8), 0.1, window_size=2, group_size=4, overlap=2), (32, 64)),
-    "cswin": (BoatConfig("cswin", 8, (2, 1, 1, 1), (2, 2, 4, 8), 0.1, (1, 2, 2, 2), group_size=4, overlap=2), (64, 64)),
+    "swin": (BoatConfig("swin", 8, (2, 2, 2, 1), (1, 2, 4, 8), 0.1, window_size=2, group_size=4, overlap=2), (32, 64)),
+    "cswin": (BoatConfig("cswin", 8, (1, 1, 1, 1), (2, 2, 4, 8), 0.1, (1, 2, 2, 2), group_size=4, overlap=2), (64, 64)),
 }
 
 
@@ -205,7 +213,7 @@ def test_small_model_real_forward_and_a_few_steps_lower_the_loss(isla: str) -> N
     assert [f.shape[-2:] for f in feats] == [(size[0] // s, size[1] // s) for s in (4, 8, 16, 32)]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(4):
+    for _ in range(3):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
