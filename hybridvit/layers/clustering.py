@@ -57,7 +57,9 @@ def balanced_hierarchical_clustering(
     return perm, inv
 
 
-def overlapping_key_index(num_groups: int, group_size: int, overlap: int, device: torch.device | None = None) -> torch.Tensor:
+def overlapping_key_index(
+    num_groups: int, group_size: int, overlap: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Positions (in clustered order) of the keys of each group: [num_groups, group_size + overlap].
 
     Overlap at the last level only (§3.2, "m + n" tokens per group): of two sibling groups, the first

@@ -213,7 +213,9 @@ class BoatTransformer(nn.Module):
         self.fsla_stages, self.group_size = fsla_stages, cfg.group_size
         self._check_size(*self.img_size)
         stage_name = "layers" if cfg.isla == "swin" else "stages"
-        self.feature_info = [dict(num_chs=d, reduction=4 * 2**i, module=f"{stage_name}.{i}") for i, d in enumerate(dims)]
+        self.feature_info = [
+            dict(num_chs=d, reduction=4 * 2**i, module=f"{stage_name}.{i}") for i, d in enumerate(dims)
+        ]
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.apply(_init_weights)
@@ -224,11 +226,11 @@ class BoatTransformer(nn.Module):
     def _check_size(self, H: int, W: int) -> None:
         """Raise InputShapeError unless every stage with FSLA gets group_size * 2**k tokens."""
         for i in self.fsla_stages:
-            h, w = H // 2 ** (i + 2), W // 2 ** (i + 2)
-            if H % 2 ** (i + 2) or W % 2 ** (i + 2) or cluster_levels(h * w, self.group_size) is None:
+            stride = 2 ** (i + 2)
+            if H % stride or W % stride or cluster_levels((H // stride) * (W // stride), self.group_size) is None:
                 raise InputShapeError(
-                    f"BOAT's FSLA needs {self.group_size}*2^k tokens per stage, but input {H}x{W} gives a {H / 2 ** (i + 2):g}x"
-                    f"{W / 2 ** (i + 2):g} map in stage {i + 1}; sizes that work for the paper's models: "
+                    f"BOAT's FSLA needs {self.group_size}*2^k tokens per stage, but input {H}x{W} gives a "
+                    f"{H / stride:g}x{W / stride:g} map in stage {i + 1}; sizes that work for the paper's models: "
                     f"{_SIZES_THAT_WORK}"
                 )
 
