@@ -238,3 +238,36 @@ def test_model_input_errors() -> None:
         cswin(torch.randn(1, 3, 96, 96))
     with pytest.raises(InputShapeError, match=r"input 32x32 gives a 1x1 map in stage 4"):
         cswin(torch.randn(1, 3, 32, 32))
+
+
+def test_reference_checkpoint_keys_map_onto_ours() -> None:
+    from hybridvit.convert.boat import (
+        boat_cswin_from_reference,
+        boat_swin_from_reference,
+        is_reference_boat_cswin,
+        is_reference_boat_swin,
+    )
+
+    one = torch.zeros(1)
+    swin_keys = [  # names as in pytorch-boat BOAT-Swin checkpoints (Microsoft Swin layout)
+        "patch_embed.proj.weight", "layers.0.blocks.1.attnC.qkv.weight", "layers.0.blocks.1.norm4.bias",
+        "layers.0.downsample.reduction.weight", "layers.2.blocks.5.attnC.get_v.weight",
+        "layers.2.blocks.5.attn.relative_position_bias_table", "layers.0.blocks.1.attn_mask",
+        "layers.1.blocks.0.attn.relative_position_index", "head.weight", "norm.bias",
+    ]
+    converted = boat_swin_from_reference(dict.fromkeys(swin_keys, one))
+    assert is_reference_boat_swin(dict.fromkeys(swin_keys, one))
+    assert "layers.1.downsample.reduction.weight" in converted and "head.fc.weight" in converted
+    assert not any(k.endswith(("attn_mask", "relative_position_index")) for k in converted)
+    cswin_keys = [  # pytorch-boat BOAT-CSWin (CSWin layout)
+        "stage1_conv_embed.0.weight", "stage1_conv_embed.2.bias", "stage1.0.content_attn.qkv.weight",
+        "stage3.20.content_attn.proj.bias", "stage3.20.norm3.weight", "merge3.conv.weight", "merge1.norm.bias",
+        "stage4.0.attns.0.get_v.weight", "stage2.1.attns.1.get_v.bias", "head.bias",
+    ]
+    assert is_reference_boat_cswin(dict.fromkeys(cswin_keys, one))
+    converted_c = boat_cswin_from_reference(dict.fromkeys(cswin_keys, one))
+    with torch.device("meta"):
+        ours_swin = set(timm.create_model("boat_swin_tiny").state_dict())
+        ours_cswin = set(timm.create_model("boat_cswin_tiny").state_dict())
+    assert set(converted) <= ours_swin
+    assert set(converted_c) <= ours_cswin and "stages.3.downsample.proj.weight" in converted_c
