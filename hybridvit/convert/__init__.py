@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from .boat import (
+    boat_cswin_from_reference,
+    boat_swin_from_reference,
+    is_reference_boat_cswin,
+    is_reference_boat_swin,
+)
 from .ceit import ceit_resize_pos_embed, is_ceit_state_dict
 from .ghostnet import ghostnet_from_timm
 from .mobilevit import is_cvnets_mobilevit, mobilevit_from_cvnets, mobilevit_from_timm
@@ -17,10 +23,16 @@ def convert_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
         return state_dict
     if is_cvnets_mobilevit(state_dict):
         return mobilevit_from_cvnets(state_dict)
+    if is_reference_boat_swin(state_dict):
+        return boat_swin_from_reference(state_dict)
+    if is_reference_boat_cswin(state_dict):
+        return boat_cswin_from_reference(state_dict)
     return state_dict
 
 
 __all__ = [
+    "boat_cswin_from_reference",
+    "boat_swin_from_reference",
     "ceit_resize_pos_embed",
     "convert_state_dict",
     "ghostnet_from_timm",

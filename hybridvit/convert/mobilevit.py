@@ -1,12 +1,12 @@
 """MobileViT checkpoints from timm and ml-cvnets into hybridvit's layout (= timm's; spec §5)."""
 from __future__ import annotations
 
-import re
-
 import torch
 
+from ._rename import RenameRule, rename_keys
+
 # ml-cvnets -> timm/hybridvit key rules (spec §5.1), applied in order.
-_CVNETS_RULES: list[tuple[str, str]] = [
+_CVNETS_RULES: list[RenameRule] = [
     (r"^conv_1\.", "stem."),
     (r"^layer_(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}."),
     (r"\.block\.exp_1x1\.", ".conv1_1x1."),
@@ -39,11 +39,7 @@ def mobilevit_from_cvnets(state_dict: dict[str, torch.Tensor], bgr_to_rgb: bool 
     cvnets v0.1 trained on BGR input (spec §5.3); with `bgr_to_rgb` the stem's input channels are
     reversed so the weights take RGB images like the rest of hybridvit.
     """
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, repl in _CVNETS_RULES:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
+    out = rename_keys(state_dict, _CVNETS_RULES)
     if bgr_to_rgb:
         out["stem.conv.weight"] = out["stem.conv.weight"].flip(1)
     return out

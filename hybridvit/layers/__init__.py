@@ -1,6 +1,9 @@
 """Building blocks shared across model families; one concept per file."""
 from .attention import MultiHeadSelfAttention
+from .clustering import balanced_hierarchical_clustering, overlapping_key_index
+from .cswin_attention import LePEAttention
 from .dyrelu import DyReLU
+from .fsla import FSLA
 from .ghost import GhostBottleneck, GhostModule
 from .i2t import I2TStem, ImageToTokens
 from .init import init_weights_cvnets
@@ -15,6 +18,7 @@ from .transformer import TransformerLayer
 from .xfa import XFA
 
 __all__ = [
+    "FSLA",
     "LCA",
     "XFA",
     "DyReLU",
@@ -23,6 +27,7 @@ __all__ = [
     "I2TStem",
     "ImageToTokens",
     "LCAAttention",
+    "LePEAttention",
     "LeFF",
     "MV2Block",
     "MV3Block",
@@ -32,7 +37,9 @@ __all__ = [
     "PatchGrid",
     "SqueezeExcite",
     "TransformerLayer",
+    "balanced_hierarchical_clustering",
     "fold_patches",
     "init_weights_cvnets",
+    "overlapping_key_index",
     "unfold_patches",
 ]

@@ -1,0 +1,57 @@
+"""Cross-shaped window attention with LePE (CSWin Transformer, Dong et al., CVPR 2022, §3.2-3.3, Eq. 3-5),
+the image-space local attention (ISLA) of BOAT-CSWin.
+
+One `LePEAttention` is one branch: heads attend inside vertical stripes (full height x `split_size`
+columns), horizontal stripes (`split_size` rows x full width) or the whole map, and a depthwise 3x3 conv
+of V inside each stripe (locally-enhanced positional encoding) is added to the output. Layout follows
+microsoft/CSWin-Transformer `LePEAttention` (as copied in mahaoyuHKU/pytorch-boat `cswin_boat.py`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import InputShapeError
+
+STRIPES = ("vertical", "horizontal", "full")
+
+
+class LePEAttention(nn.Module):
+    """One CSWin branch on q, k, v given as [3, B, H, W, dim] (no projections of its own but `get_v`)."""
+
+    def __init__(self, dim: int, num_heads: int, split_size: int, stripe: str, attn_drop: float = 0.0) -> None:
+        super().__init__()
+        if stripe not in STRIPES:
+            raise ValueError(f"stripe must be one of {STRIPES}, got {stripe!r}")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.split_size = split_size
+        self.stripe = stripe
+        self.attn_drop = attn_drop
+        self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def window(self, H: int, W: int) -> tuple[int, int]:
+        """Window (rows, cols) for an H x W map; raises InputShapeError when stripes do not tile it."""
+        if self.stripe == "full":
+            return H, W
+        rows, cols = (H, self.split_size) if self.stripe == "vertical" else (self.split_size, W)
+        if H % rows or W % cols:
+            raise InputShapeError(
+                f"{self.stripe} stripes of width {self.split_size} do not tile a {H}x{W} feature map"
+            )
+        return rows, cols
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        _, B, H, W, C = qkv.shape
+        rows, cols = self.window(H, W)
+        h, area = self.num_heads, rows * cols
+        # [3, B, H, W, C] -> [3, B * windows, area, C]
+        win = qkv.view(3, B, H // rows, rows, W // cols, cols, C).permute(0, 1, 2, 4, 3, 5, 6).reshape(3, -1, area, C)
+        q, k, v = win.view(3, -1, area, h, C // h).transpose(2, 3).unbind(0)  # [B * windows, h, area, d]
+        lepe = self.get_v(win[2].transpose(1, 2).reshape(-1, C, rows, cols))
+        lepe = lepe.reshape(-1, h, C // h, area).transpose(2, 3)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0) + lepe
+        out = out.transpose(1, 2).reshape(B, H // rows, W // cols, rows, cols, C)
+        return out.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)

@@ -1,0 +1,100 @@
+"""FSLA, feature-space local attention of BOAT (Yu et al., BMVC 2022, arXiv 2201.13027, §3.2, Eq. 2).
+
+Tokens are grouped by balanced hierarchical clustering of their queries (per image and head), attention
+runs inside each group of `group_size` queries over `group_size + overlap` keys, outputs go back to image
+order, then the reference's depthwise-conv term on V (LePE-style) is added and projected
+(mahaoyuHKU/pytorch-boat `ContentAttention`, spec shared/specs/boat.md §2).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import InputShapeError
+from .clustering import balanced_hierarchical_clustering, cluster_levels, overlapping_key_index
+
+
+class FSLA(nn.Module):
+    """Feature-space local attention on [B, H, W, C] maps with H*W == group_size * 2**L tokens.
+
+    `scale=None` means head_dim**-0.5 (BOAT-Swin); BOAT-CSWin's reference passes 1.0 (spec §3).
+    `reference_batch_pairing`: with a single group (e.g. BOAT-CSWin stage 4 at 224) the reference treats the
+    batch as the group axis, so image 2j borrows `overlap` keys from image 2j+1 and vice versa (spec §2
+    step 6, §7 quirk 2); off by default so images stay independent, on to reproduce the released weights.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        group_size: int = 49,
+        overlap: int = 20,
+        iters: int = 2,
+        temperature: float = 100.0,
+        scale: float | None = None,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        reference_batch_pairing: bool = False,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if not 0 <= overlap < group_size:
+            raise ValueError(f"overlap must be in [0, group_size={group_size}), got {overlap}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.group_size = group_size
+        self.overlap = overlap
+        self.iters = iters
+        self.temperature = temperature
+        self.scale = scale
+        self.attn_drop = attn_drop
+        self.reference_batch_pairing = reference_batch_pairing
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)  # depthwise term on V
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        N, m, h, d = H * W, self.group_size, self.num_heads, self.head_dim
+        levels = cluster_levels(N, m)
+        if levels is None:
+            raise InputShapeError(
+                f"FSLA needs group_size * 2**L tokens ({m}, {2 * m}, {4 * m}, ...), got {H}x{W} = {N}"
+            )
+        qkv = self.qkv(x)  # [B, H, W, 3C], channels (q|k|v, head, d)
+        if levels == 0 and self.reference_batch_pairing:
+            if B % 2:
+                raise InputShapeError(f"reference_batch_pairing needs an even batch, got {B}")
+            out = self._grouped_attention(qkv.reshape(B // 2, 2 * N, 3, h, d), levels=0, groups=2)
+        else:
+            out = self._grouped_attention(qkv.reshape(B, N, 3, h, d), levels, 2**levels)
+        lepe = self.get_v(qkv[..., 2 * C :].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj_drop(self.proj(out.reshape(B, H, W, C) + lepe))
+
+    def _grouped_attention(self, qkv: torch.Tensor, levels: int, groups: int) -> torch.Tensor:
+        """Cluster the queries of qkv [B, N, 3, h, d] into `groups` groups per (image, head), attend inside
+        each group, return [B, N, h, d] in input order. Tokens move as rows of `rows` (index_select)."""
+        B, N, _, h, d = qkv.shape
+        m, dev = N // groups, qkv.device
+        perm, inv = balanced_hierarchical_clustering(
+            qkv[:, :, 0].transpose(1, 2).reshape(B * h, N, d), levels, self.iters, self.temperature
+        )
+        rows = qkv.reshape(-1, d)
+        batch, head = torch.arange(B, device=dev).view(B, 1, 1), torch.arange(h, device=dev).view(1, h, 1)
+        q_rows = (batch * N + perm.view(B, h, N)) * 3 * h + head  # row of q for each clustered token
+        overlap = self.overlap if groups > 1 else 0
+        key_pos = overlapping_key_index(groups, m, overlap, dev).flatten()
+        k_rows = q_rows.gather(-1, key_pos.expand(B, h, -1)) + h
+        out = F.scaled_dot_product_attention(
+            rows.index_select(0, q_rows.flatten()).view(B * h, groups, m, d),
+            rows.index_select(0, k_rows.flatten()).view(B * h, groups, m + overlap, d),
+            rows.index_select(0, (k_rows + h).flatten()).view(B * h, groups, m + overlap, d),
+            dropout_p=self.attn_drop if self.training else 0.0,
+            scale=self.scale,
+        )  # rows ordered (image, head, clustered token)
+        back = (batch * h + head) * N + inv.view(B, h, N)  # row of each token's output, [B, h, N]
+        return out.reshape(-1, d).index_select(0, back.transpose(1, 2).flatten()).view(B, N, h, d)

@@ -1,0 +1,344 @@
+"""BOAT, Bilateral lOcal Attention vision Transformer (Yu, Zhao, Li, Yu, BMVC 2022, arXiv 2201.13027):
+BOAT-Swin-T/S/B and BOAT-CSWin-T/S/B.
+
+A bilateral local attention block (§3.3, Eq. 1-3) is image-space local attention (ISLA: Swin windows or
+CSWin cross-shaped stripes), then feature-space local attention (FSLA, `layers/fsla.py`), then an MLP,
+each with a pre-norm residual. Configs, block placement and norms follow the reference code
+mahaoyuHKU/pytorch-boat (spec shared/specs/boat.md §3-4); parameter counts equal the reference models'.
+
+- BOAT-Swin: timm's Swin blocks and key layout (timm Swin weights load with the FSLA keys missing);
+  FSLA (`attnC` + `norm4`, the reference's names) only in shifted-window blocks, i.e. odd blocks of the
+  stages whose map is larger than the 7x7 window; no drop-path on the FSLA residual.
+- BOAT-CSWin: FSLA (`content_attn` + `norm3`) in even blocks of every stage, with drop-path and
+  logit scale 1 (the reference passes `qk_scale=qkv_bias=True`). In stage 4 (one group at 224) the
+  reference pairs images of the batch; `reference_batch_pairing=True` reproduces that, the default
+  keeps images independent.
+
+Input size: FSLA needs 49 * 2**k tokens at every stage that has it, i.e. H x W = 224a x 224b with a*b a
+power of two (224x224, 224x448, 448x448, ...); other sizes raise InputShapeError.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.models import generate_default_cfgs
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
+
+from ..errors import InputShapeError
+from ..layers.clustering import cluster_levels
+from ..layers.cswin_attention import LePEAttention
+from ..layers.fsla import FSLA
+from ._builder import build, check_image_batch
+from ._registry import PaperEntry, register
+
+_SIZES_THAT_WORK = "224x224, 224x448, 448x448, ... (224a x 224b with a*b a power of two)"
+
+
+class BoatSwinBlock(SwinTransformerBlock):
+    """Bilateral local attention block on Swin (§3.3): (S)W-MSA, then FSLA in shifted blocks, then MLP."""
+
+    def __init__(self, dim: int, num_heads: int, group_size: int, overlap: int, **kwargs) -> None:
+        super().__init__(dim=dim, num_heads=num_heads, **kwargs)
+        self.attnC = self.norm4 = None
+        if any(self.shift_size):  # reference: FSLA only where the window is shifted
+            self.norm4 = nn.LayerNorm(dim)
+            self.attnC = FSLA(dim, num_heads, group_size, overlap)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        if self.attnC is not None:
+            x = x + self.attnC(self.norm4(x))  # no drop-path here in the reference
+        x = x.reshape(B, -1, C)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x.reshape(B, H, W, C)
+
+
+class BoatSwinStage(nn.Module):
+    """Patch merging (except stage 1) then BOAT-Swin blocks; NCHW in and out."""
+
+    def __init__(
+        self, dim: int, out_dim: int, resolution: tuple[int, int], depth: int, num_heads: int,
+        window_size: int, downsample: bool, drop_path: list[float], group_size: int, overlap: int,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.downsample = PatchMerging(dim, out_dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            BoatSwinBlock(
+                out_dim, num_heads, group_size, overlap, input_resolution=resolution, window_size=window_size,
+                shift_size=0 if i % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio, drop_path=drop_path[i],
+            )
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+class BoatCSWinBlock(nn.Module):
+    """Bilateral local attention block on CSWin (§3.3): cross-shaped window attention, FSLA, MLP.
+
+    Two ISLA branches (vertical / horizontal stripes, half the channels and heads each), or one branch
+    over the whole map in the last stage, share `qkv` and `proj` as in the reference `CSWinBlock`.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, split_size: int, last_stage: bool, fsla: bool, group_size: int,
+        overlap: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        if last_stage:
+            self.attns = nn.ModuleList([LePEAttention(dim, num_heads, split_size, "full")])
+        else:
+            self.attns = nn.ModuleList(
+                [LePEAttention(dim // 2, num_heads // 2, split_size, s) for s in ("vertical", "horizontal")]
+            )
+        self.proj = nn.Linear(dim, dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.content_attn = self.norm3 = None
+        if fsla:
+            self.norm3 = nn.LayerNorm(dim)
+            self.content_attn = FSLA(dim, num_heads, group_size, overlap, scale=1.0)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        qkv = self.qkv(self.norm1(x)).view(B, H, W, 3, C).permute(3, 0, 1, 2, 4)
+        if len(self.attns) == 1:
+            isla = self.attns[0](qkv)
+        else:
+            isla = torch.cat([self.attns[0](qkv[..., : C // 2]), self.attns[1](qkv[..., C // 2 :])], dim=-1)
+        x = x + self.drop_path(self.proj(isla))
+        if self.content_attn is not None:
+            x = x + self.drop_path(self.content_attn(self.norm3(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ConvEmbed(nn.Module):
+    """Strided conv, then LayerNorm over channels; NCHW in and out (Swin patch embedding, CSWin stem/merge)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding)
+        self.norm = nn.LayerNorm(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class BoatCSWinStage(nn.Module):
+    """Merge block (3x3 conv stride 2; absent in stage 1) then BOAT-CSWin blocks; NCHW in and out."""
+
+    def __init__(
+        self, dim: int, out_dim: int, depth: int, num_heads: int, split_size: int, downsample: bool,
+        last_stage: bool, drop_path: list[float], group_size: int, overlap: int, mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.downsample = ConvEmbed(dim, out_dim, 3, 2, 1) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            BoatCSWinBlock(
+                out_dim, num_heads, split_size, last_stage, i % 2 == 0, group_size, overlap, mlp_ratio, drop_path[i]
+            )
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class BoatConfig:
+    """One BOAT variant (reference configs, spec §4)."""
+
+    isla: str  # "swin" or "cswin"
+    embed_dim: int
+    depths: tuple[int, int, int, int]
+    num_heads: tuple[int, int, int, int]
+    drop_path_rate: float
+    split_sizes: tuple[int, int, int, int] = (1, 2, 7, 7)  # CSWin stripe widths per stage
+    window_size: int = 7  # Swin window
+    group_size: int = 49  # FSLA cluster size m (the reference hard-codes 49 = 7 x 7)
+    overlap: int = 20  # keys shared between last-level siblings (the reference's n = 20)
+
+
+class BoatTransformer(nn.Module):
+    """BOAT classifier: 4x4 patch embedding, four stages of bilateral local attention blocks, norm, head."""
+
+    def __init__(
+        self,
+        cfg: BoatConfig,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        img_size: int | tuple[int, int] = 224,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        drop_path_rate: float | None = None,
+        mlp_ratio: float = 4.0,
+        reference_batch_pairing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        dims = [cfg.embed_dim * 2**i for i in range(4)]
+        self.num_features = self.head_hidden_size = dims[-1]
+        rate = cfg.drop_path_rate if drop_path_rate is None else drop_path_rate
+        total = sum(cfg.depths)
+        dpr = [rate * i / max(total - 1, 1) for i in range(total)]  # linear stochastic-depth decay
+        dpr = [dpr[sum(cfg.depths[:i]) : sum(cfg.depths[: i + 1])] for i in range(4)]
+        maps = [(self.img_size[0] // 2 ** (i + 2), self.img_size[1] // 2 ** (i + 2)) for i in range(4)]
+        if cfg.isla == "swin":
+            self.patch_embed = ConvEmbed(in_chans, dims[0], 4, 4, 0)
+            self.layers = nn.Sequential(*[
+                BoatSwinStage(dims[max(i - 1, 0)], dims[i], maps[i], cfg.depths[i], cfg.num_heads[i],
+                              cfg.window_size, i > 0, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio)
+                for i in range(4)
+            ])
+            fsla_stages = [i for i, st in enumerate(self.layers) if any(b.attnC is not None for b in st.blocks)]
+        else:
+            self.stem = ConvEmbed(in_chans, dims[0], 7, 4, 2)
+            self.stages = nn.Sequential(*[
+                BoatCSWinStage(dims[max(i - 1, 0)], dims[i], cfg.depths[i], cfg.num_heads[i], cfg.split_sizes[i],
+                               i > 0, i == 3, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio)
+                for i in range(4)
+            ])
+            fsla_stages = list(range(4))
+        self.fsla_stages, self.group_size = fsla_stages, cfg.group_size
+        self._check_size(*self.img_size)
+        stage_name = "layers" if cfg.isla == "swin" else "stages"
+        self.feature_info = [
+            dict(num_chs=d, reduction=4 * 2**i, module=f"{stage_name}.{i}") for i, d in enumerate(dims)
+        ]
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.apply(_init_weights)
+        for module in self.modules():  # see FSLA: only matters where a stage has a single group
+            if isinstance(module, FSLA):
+                module.reference_batch_pairing = reference_batch_pairing
+
+    def _check_size(self, H: int, W: int) -> None:
+        """Raise InputShapeError unless every stage with FSLA gets group_size * 2**k tokens."""
+        for i in self.fsla_stages:
+            stride = 2 ** (i + 2)
+            if H % stride or W % stride or cluster_levels((H // stride) * (W // stride), self.group_size) is None:
+                raise InputShapeError(
+                    f"BOAT's FSLA needs {self.group_size}*2^k tokens per stage, but input {H}x{W} gives a "
+                    f"{H / stride:g}x{W / stride:g} map in stage {i + 1}; sizes that work for the paper's models: "
+                    f"{_SIZES_THAT_WORK}"
+                )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.in_chans)
+        if hasattr(self, "layers"):
+            if tuple(x.shape[-2:]) != self.img_size:  # Swin's shift masks are built for img_size
+                raise InputShapeError(
+                    f"this BOAT-Swin was built for {self.img_size[0]}x{self.img_size[1]} inputs, got "
+                    f"{x.shape[-2]}x{x.shape[-1]}; create it with img_size=(H, W), sizes that work for the "
+                    f"paper's models: {_SIZES_THAT_WORK}"
+                )
+            x = self.layers(self.patch_embed(x))
+        else:
+            self._check_size(x.shape[-2], x.shape[-1])
+            x = self.stages(self.stem(x))
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    """Reference init: Linear trunc-normal(0.02) with zero bias, LayerNorm (1, 0); convs keep PyTorch's."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+MODEL_CFGS = {
+    "boat_swin_tiny": BoatConfig("swin", 96, (2, 2, 6, 2), (3, 6, 12, 24), 0.2),
+    "boat_swin_small": BoatConfig("swin", 96, (2, 2, 18, 2), (3, 6, 12, 24), 0.3),
+    "boat_swin_base": BoatConfig("swin", 128, (2, 2, 18, 2), (4, 8, 16, 32), 0.5),
+    "boat_cswin_tiny": BoatConfig("cswin", 64, (1, 2, 21, 1), (2, 4, 8, 16), 0.2),
+    "boat_cswin_small": BoatConfig("cswin", 64, (2, 4, 32, 2), (2, 4, 8, 16), 0.4),
+    "boat_cswin_base": BoatConfig("cswin", 96, (2, 4, 32, 2), (4, 8, 16, 32), 0.5),
+}
+
+
+def _cfg(first_conv: str) -> dict:
+    # ImageNet mean/std, bicubic, crop 0.9: the evaluation settings of both reference trainers.
+    return dict(
+        num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.9, interpolation="bicubic",
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv=first_conv, classifier="head.fc",
+        fixed_input_size=True,
+    )
+
+
+default_cfgs = generate_default_cfgs({
+    name: _cfg("patch_embed.proj" if cfg.isla == "swin" else "stem.proj") for name, cfg in MODEL_CFGS.items()
+})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> BoatTransformer:
+    if kwargs.get("features_only"):
+        kwargs.setdefault("out_indices", (0, 1, 2, 3))  # four stages, strides 4 / 8 / 16 / 32
+    return build(BoatTransformer, variant, pretrained, cfg=MODEL_CFGS[variant], **kwargs)
+
+
+# Paper tables could not be read offline (spec §0): params are the reference models' counts, top-1 only
+# where the seed article states it.
+_SRC = "pytorch-boat reference configs (params); seed article (top-1)"
+
+
+@register(PaperEntry("boat", 224, params_m=30.3, source=_SRC))
+def boat_swin_tiny(pretrained: bool = False, **kwargs) -> BoatTransformer:
+    return _create("boat_swin_tiny", pretrained, **kwargs)
+
+
+@register(PaperEntry("boat", 224, params_m=55.2, source=_SRC))
+def boat_swin_small(pretrained: bool = False, **kwargs) -> BoatTransformer:
+    return _create("boat_swin_small", pretrained, **kwargs)
+
+
+@register(PaperEntry("boat", 224, params_m=97.6, source=_SRC))
+def boat_swin_base(pretrained: bool = False, **kwargs) -> BoatTransformer:
+    return _create("boat_swin_base", pretrained, **kwargs)
+
+
+@register(PaperEntry("boat", 224, params_m=26.4, top1=83.7, source=_SRC))
+def boat_cswin_tiny(pretrained: bool = False, **kwargs) -> BoatTransformer:
+    return _create("boat_cswin_tiny", pretrained, **kwargs)
+
+
+@register(PaperEntry("boat", 224, params_m=40.1, source=_SRC))
+def boat_cswin_small(pretrained: bool = False, **kwargs) -> BoatTransformer:
+    return _create("boat_cswin_small", pretrained, **kwargs)
+
+
+@register(PaperEntry("boat", 224, params_m=89.6, source=_SRC))
+def boat_cswin_base(pretrained: bool = False, **kwargs) -> BoatTransformer:
+    return _create("boat_cswin_base", pretrained, **kwargs)
