@@ -14,7 +14,7 @@ import torch
 
 from ..errors import UnknownModelError
 from ..models import list_models
-from .flops import count_macs_at, count_params
+from .flops import MacCount, count_macs_at, count_params
 from .measure import peak_memory_bytes, time_side_by_side
 
 # timm's nearest models to ours: MobileViT v1/v2, MobileNetV3, GhostNet, DeiT, Swin, EfficientNet.
@@ -91,15 +91,14 @@ def _create(name: str) -> torch.nn.Module:
     return timm.create_model(name, pretrained=False).eval()
 
 
-def _input_size_note(model: torch.nn.Module, res: int) -> str:
-    """Empty if `model` accepts res x res input, else why not (fixed-size models, e.g. DeiT, Swin)."""
+def _macs_or_note(model: torch.nn.Module, res: int) -> MacCount | str:
+    """MACs at res x res, or why the model rejects that size (fixed-size models such as DeiT, Swin)."""
     try:
-        count_macs_at(model, res)
+        return count_macs_at(model, res)
     except Exception as err:  # any model may reject a size in its own way
-        fixed = model.pretrained_cfg.get("input_size", (0, 0, 0))[-1] if hasattr(model, "pretrained_cfg") else None
+        fixed = getattr(model, "pretrained_cfg", {}).get("fixed_input_size") and model.pretrained_cfg["input_size"][-1]
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"skipped: fixed input size {fixed}" if fixed else f"skipped: {first_line[:80]}"
-    return ""
 
 
 def run_bench(names: Sequence[str], cfg: BenchConfig, log=print) -> list[BenchRow]:
@@ -116,14 +115,14 @@ def run_bench(names: Sequence[str], cfg: BenchConfig, log=print) -> list[BenchRo
         accepted = []
         macs = {}
         for name, model in models.items():
-            note = _input_size_note(model, res)
-            if note:
+            counted = _macs_or_note(model, res)
+            if isinstance(counted, str):
                 for batch in cfg.batches:
                     rows.append(BenchRow(name, _source(name, ours), res, batch, params[name], device=device.type,
-                                         threads=threads, note=note))
+                                         threads=threads, note=counted))
                 continue
             accepted.append(name)
-            macs[name] = count_macs_at(model, res)
+            macs[name] = counted
         for name in accepted:
             models[name].to(device)
         for batch in cfg.batches:

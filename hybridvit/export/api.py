@@ -14,7 +14,7 @@ from ..models import list_models, paper_entry
 from .coreml import export_coreml
 from .fuse_bn import fuse_bn
 from .onnx import export_onnx, onnx_max_error
-from .torchscript import export_torchscript, torchscript_max_error
+from .torchscript import export_torchscript, load_torchscript, torchscript_max_error
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage"}
 RES_STEP = 32  # other resolutions checked: res +- 32 keeps divisibility by 32 and flips the parity of res/32
@@ -99,7 +99,7 @@ def export_model(
     def check(inputs: list[torch.Tensor]) -> float:
         if fmt == "onnx":
             return onnx_max_error(model, path, inputs)
-        return torchscript_max_error(model, torch.jit.load(str(path)), inputs)
+        return torchscript_max_error(model, load_torchscript(path), inputs)
 
     def write(dynamic_hw: bool) -> None:
         if fmt == "onnx":
@@ -115,7 +115,8 @@ def export_model(
         except Exception as exc:  # torch.export may reject symbolic H/W in many ways
             err, reason = float("inf"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
         else:
-            reason = f"max error {err:.2g} at {[tuple(t.shape[-2:]) for t in other_res]}"
+            sizes = ", ".join(f"{t.shape[-2]}x{t.shape[-1]}" for t in other_res)
+            reason = f"max error {err:.2g} at {sizes}" if err < float("inf") else f"the graph fails at {sizes}"
         dynamic_hw = err <= atol
         if not dynamic_hw:
             notes.append(f"dynamic H/W did not verify ({reason}); exported fixed {res}x{res}")

@@ -12,8 +12,14 @@ def export_torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path) -> t
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, x, check_trace=False)
-    torch.jit.save(traced, str(path))
-    return torch.jit.load(str(path))
+        torch.jit.save(traced, str(path))
+        return load_torchscript(path)
+
+
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+        return torch.jit.load(str(path))
 
 
 def torchscript_max_error(model: torch.nn.Module, traced: torch.nn.Module, inputs: list[torch.Tensor]) -> float:
