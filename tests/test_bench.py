@@ -83,7 +83,7 @@ def test_cpu_peak_memory_counts_live_tensors():
 
 
 def test_side_by_side_timing_reports_each_model():
-    timings = time_side_by_side([nn.Identity(), nn.ReLU()], torch.zeros(8), warmup=1, rounds=3)
+    timings = time_side_by_side([(nn.Identity(), torch.zeros(8)), (nn.ReLU(), torch.zeros(8))], warmup=1, rounds=3)
     assert len(timings) == 2 and all(0 < t.median_ms <= t.p90_ms for t in timings)
 
 

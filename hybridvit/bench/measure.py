@@ -1,8 +1,8 @@
 """Latency and peak memory of one forward pass, measured side by side.
 
-Latency: every model gets `warmup` untimed runs, then `rounds` timed rounds; in each round every
-model runs once, in an order that rotates per round, so load changes on a shared machine hit all
-models alike. We report the median and the 90th percentile of the per-round times.
+Latency: every (model, input) case gets `warmup` untimed runs, then `rounds` timed rounds; in each
+round every case runs once, in an order that rotates per round, so load changes on a shared machine
+hit all models and resolutions alike. We report the median and the 90th percentile of the per-round times.
 
 Peak memory: the most bytes held at once by the allocator during one forward pass, over what was
 held before it (weights and input excluded).
@@ -33,21 +33,24 @@ def _sync(device: torch.device) -> Callable[[], None]:
 
 
 def time_side_by_side(
-    models: Sequence[torch.nn.Module], x: torch.Tensor, warmup: int = 3, rounds: int = 10
+    cases: Sequence[tuple[torch.nn.Module, torch.Tensor]], warmup: int = 3, rounds: int = 10
 ) -> list[Timing]:
-    """Time `model(x)` for each model, alternating between models every round."""
-    sync = _sync(x.device)
-    times: list[list[float]] = [[] for _ in models]
+    """Time `model(x)` for each (model, x) case, running every case once per round, in rotating order."""
+    if not cases:
+        return []
+    sync = _sync(cases[0][1].device)
+    times: list[list[float]] = [[] for _ in cases]
     with torch.inference_mode():
-        for model in models:
+        for model, x in cases:
             for _ in range(warmup):
                 model(x)
         sync()
         for r in range(rounds):
-            for k in range(len(models)):
-                i = (k + r) % len(models)
+            for k in range(len(cases)):
+                i = (k + r) % len(cases)
+                model, x = cases[i]
                 start = time.perf_counter()
-                models[i](x)
+                model(x)
                 sync()
                 times[i].append((time.perf_counter() - start) * 1e3)
     return [Timing(float(np.median(t)), float(np.percentile(t, 90))) for t in times]

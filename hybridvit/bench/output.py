@@ -71,20 +71,28 @@ def _plot(rows: Sequence[BenchRow], key: str, label: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     batches = sorted({r.batch for r in rows})
-    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches) + 2.5, 4.5), squeeze=False)
+    models = list(dict.fromkeys(r.model for r in rows))
+    colors = plt.cm.tab20.colors
     for ax, batch in zip(axes[0], batches):
-        for model in dict.fromkeys(r.model for r in rows):
+        for i, model in enumerate(models):
             points = sorted((r.res, getattr(r, key)) for r in rows
                             if r.model == model and r.batch == batch and getattr(r, key) is not None)
             if points:
-                ax.plot(*zip(*points), marker="o", label=model, linestyle="--" if model[:3] != "hv_" else "-")
-        ax.set(title=f"batch {batch}", xlabel="input resolution (px)", ylabel=label)
+                ours = _source_of(rows, model) == "hybridvit"
+                ax.plot(*zip(*points), marker="o", label=model, color=colors[i % len(colors)],
+                        linestyle="-" if ours else "--")
+        ax.set(title=f"batch {batch} (solid: hybridvit, dashed: timm)", xlabel="input resolution (px)", ylabel=label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
+
+
+def _source_of(rows: Sequence[BenchRow], model: str) -> str:
+    return next(r.source for r in rows if r.model == model)
 
 
 def _write_text(path: Path, text: str) -> None:

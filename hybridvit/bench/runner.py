@@ -111,37 +111,35 @@ def run_bench(names: Sequence[str], cfg: BenchConfig, log=print) -> list[BenchRo
     models = {name: _create(name) for name in names}
     params = {name: count_params(m) / 1e6 for name, m in models.items()}
     rows: list[BenchRow] = []
+    macs: dict[tuple[str, int], MacCount] = {}
     for res in cfg.resolutions:
-        accepted = []
-        macs = {}
         for name, model in models.items():
             counted = _macs_or_note(model, res)
-            if isinstance(counted, str):
-                for batch in cfg.batches:
-                    rows.append(BenchRow(name, _source(name, ours), res, batch, params[name], device=device.type,
-                                         threads=threads, note=counted))
+            if isinstance(counted, MacCount):
+                macs[name, res] = counted
                 continue
-            accepted.append(name)
-            macs[name] = counted
-        for name in accepted:
-            models[name].to(device)
-        for batch in cfg.batches:
-            log(f"res {res}, batch {batch}: timing {len(accepted)} models side by side ...")
-            x = torch.randn(batch, 3, res, res, device=device)
-            timings = time_side_by_side([models[n] for n in accepted], x, cfg.warmup, cfg.rounds)
-            for name, timing in zip(accepted, timings):
-                mem = peak_memory_bytes(models[name], x) / 2**20 if cfg.memory else None
-                rows.append(
-                    BenchRow(
-                        name, _source(name, ours), res, batch, params[name],
-                        gmacs=macs[name].total / 1e9, gmacs_no_attn=macs[name].without_attention / 1e9,
-                        latency_ms=timing.median_ms, latency_p90_ms=timing.p90_ms,
-                        throughput_img_s=batch * 1e3 / timing.median_ms, peak_mem_mb=mem,
-                        device=device.type, threads=threads,
-                    )
+            for batch in cfg.batches:
+                rows.append(BenchRow(name, _source(name, ours), res, batch, params[name], device=device.type,
+                                     threads=threads, note=counted))
+    for model in models.values():
+        model.to(device)
+    for batch in cfg.batches:
+        # Every model at every resolution in the same rounds: load changes hit all cells alike.
+        inputs = {res: torch.randn(batch, 3, res, res, device=device) for res in cfg.resolutions}
+        cells = list(macs)
+        log(f"batch {batch}: timing {len(cells)} (model, resolution) cells side by side ...")
+        timings = time_side_by_side([(models[n], inputs[res]) for n, res in cells], cfg.warmup, cfg.rounds)
+        for (name, res), timing in zip(cells, timings):
+            mem = peak_memory_bytes(models[name], inputs[res]) / 2**20 if cfg.memory else None
+            rows.append(
+                BenchRow(
+                    name, _source(name, ours), res, batch, params[name],
+                    gmacs=macs[name, res].total / 1e9, gmacs_no_attn=macs[name, res].without_attention / 1e9,
+                    latency_ms=timing.median_ms, latency_p90_ms=timing.p90_ms,
+                    throughput_img_s=batch * 1e3 / timing.median_ms, peak_mem_mb=mem,
+                    device=device.type, threads=threads,
                 )
-        for name in accepted:
-            models[name].to("cpu")
+            )
     order = {n: i for i, n in enumerate(names)}
     rows.sort(key=lambda r: (r.res, r.batch, order[r.model]))
     return rows
