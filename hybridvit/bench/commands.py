@@ -18,7 +18,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
     rows = run_bench(names, cfg, log=lambda msg: print(msg, flush=True))
     env = environment()
-    print(f"\ntorch {env['torch']}, {cfg.device}, {env['threads']} thread(s); median of {cfg.rounds} alternating rounds")
+    print(f"\ntorch {env['torch']}, {cfg.device}, {env['threads']} thread(s); "
+          f"median of {cfg.rounds} alternating rounds; GMACs per image")
     print(rows_table(rows, markdown=args.markdown))
     paths = write_results(rows, args.out, markdown=args.markdown)
     print("wrote " + ", ".join(str(p) for p in paths.values()))

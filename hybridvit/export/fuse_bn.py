@@ -51,16 +51,17 @@ def _find_pairs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
 
 def _replacement(bn: nn.BatchNorm2d) -> nn.Module:
     """What is left of a BN layer after folding: nothing, or timm's BatchNormAct2d drop + act."""
-    rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None and not isinstance(m, nn.Identity)]
+    parts = (getattr(bn, "drop", None), getattr(bn, "act", None))
+    rest = [m for m in parts if m is not None and not isinstance(m, nn.Identity)]
     return nn.Sequential(*rest) if rest else nn.Identity()
 
 
-def fuse_bn(model: nn.Module, example: torch.Tensor, atol: float = 1e-4, inplace: bool = False) -> nn.Module:
+def fuse_bn(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) -> nn.Module:
     """Return an eval-mode copy of `model` with every Conv2d -> BatchNorm2d pair folded.
 
     `example` is a batch the model accepts; it is used to find the pairs and to check the result.
     """
-    model = (model if inplace else copy.deepcopy(model)).eval()
+    model = copy.deepcopy(model).eval()
     pairs = _find_pairs(model, example)
     with torch.inference_mode():
         before = model(example)
