@@ -53,7 +53,8 @@ def test_bench_cli_writes_table_csv_json_and_plots(tmp_path, capsys):
     assert deit[0]["source"] == "timm" and deit[0]["params_m"] == pytest.approx(5.717, abs=1e-3)
     for png in ("latency.png", "memory.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "table.md").read_text().startswith("| model")
+    markdown = (out / "table.md").read_text()
+    assert markdown.startswith("Measured ") and "1 thread(s)" in markdown and "\n| model" in markdown
 
 
 def test_macs_grow_with_resolution_and_match_counter(tmp_path):

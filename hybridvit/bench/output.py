@@ -4,7 +4,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -29,11 +31,20 @@ def rows_table(rows: Sequence[BenchRow], markdown: bool = False) -> str:
     return format_table(headers, data, markdown=markdown)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     """What the numbers were measured on."""
     return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": f"{_cpu_name()} ({os.cpu_count()} logical cores)",
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -59,7 +70,11 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | Path, markdown: bool 
     paths["memory_png"] = _plot(rows, "peak_mem_mb", "peak memory (MiB)", out / "memory.png")
     if markdown:
         paths["markdown"] = out / "table.md"
-        _write_text(paths["markdown"], rows_table(rows, markdown=True) + "\n")
+        env = payload["environment"]
+        device = env["cuda"] if rows and rows[0].device == "cuda" else env["cpu"]
+        header = (f"Measured {env['date']} on {device}, torch {env['torch']}, {env['threads']} thread(s); "
+                  "latency = median of alternating rounds; GMACs per image.\n\n")
+        _write_text(paths["markdown"], header + rows_table(rows, markdown=True) + "\n")
     return paths
 
 
