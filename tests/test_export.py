@@ -159,6 +159,12 @@ def test_coreml_is_optional(tmp_path):
         export_model("hv_mobilevit_xxs", "coreml", out=tmp_path / "m.mlpackage", res=64)
 
 
+def test_coreml_converts_where_coremltools_installs(tmp_path):
+    pytest.importorskip("coremltools")
+    result = export_model("hv_mobilevit_xxs", "coreml", out=tmp_path / "m.mlpackage", res=64)
+    assert result.path.exists() and result.input_shape == (1, 3, 64, 64)
+
+
 def test_cli_errors_are_one_line(capsys):
     assert main(["export", "hv_mobilevit_xxs", "--format", "tflite"]) == 2
     err = capsys.readouterr().err.strip()

@@ -65,7 +65,7 @@ def export_model(
     fmt: str,
     out: str | os.PathLike | None = None,
     res: int | None = None,
-    batch: int = 2,
+    batch: int | None = None,
     dynamic: bool = False,
     fold_bn: bool = False,
     checkpoint: str | os.PathLike | None = None,
@@ -74,10 +74,11 @@ def export_model(
 ) -> ExportResult:
     """Export `name` (or the given `model`) as `fmt` and check it against eager outputs.
 
-    The batch dimension is dynamic for ONNX and TorchScript; `dynamic=True` also asks for dynamic
+    `batch` defaults to 2 (1 for Core ML). The batch dimension is dynamic for ONNX and TorchScript; `dynamic=True` also asks for dynamic
     H/W, which is kept only if the graph verifies at res +- 32 (otherwise H/W is fixed, with a note).
     """
     check_format(fmt)
+    batch = batch or (1 if fmt == "coreml" else 2)
     model = (model if model is not None else load_model(name, checkpoint)).eval()
     res = res or default_resolution(name, model)
     path = Path(out) if out else Path(f"{name}{FORMATS[fmt]}")

@@ -31,7 +31,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="onnx", help="onnx (default), torchscript or coreml")
     p.add_argument("--out", help="output path (default: MODEL.onnx / .pt / .mlpackage)")
     p.add_argument("--res", type=int, help="input resolution (default: the model's)")
-    p.add_argument("--batch", type=int, default=2, help="batch size to export with (default 2)")
+    p.add_argument("--batch", type=int, help="batch size to export with (default 2; 1 for coreml)")
     p.add_argument("--dynamic", action="store_true", help="also make H/W dynamic, if the graph verifies")
     p.add_argument("--fuse-bn", action="store_true", help="fold BatchNorm into the preceding convolutions")
     p.add_argument("--checkpoint", help="weights to load first (any layout hybridvit converts)")
