@@ -74,8 +74,9 @@ def export_model(
 ) -> ExportResult:
     """Export `name` (or the given `model`) as `fmt` and check it against eager outputs.
 
-    `batch` defaults to 2 (1 for Core ML). The batch dimension is dynamic for ONNX and TorchScript; `dynamic=True` also asks for dynamic
-    H/W, which is kept only if the graph verifies at res +- 32 (otherwise H/W is fixed, with a note).
+    `batch` defaults to 2 (1 for Core ML). The batch dimension is dynamic for ONNX and TorchScript;
+    `dynamic=True` also asks for dynamic H/W, kept only if the graph verifies at res +- 32 (otherwise
+    H/W is fixed, with a note).
     """
     check_format(fmt)
     batch = batch or (1 if fmt == "coreml" else 2)
