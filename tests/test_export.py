@@ -66,13 +66,12 @@ def test_onnx_matches_eager_at_another_batch(name, tmp_path):
 def test_bn_folding_keeps_outputs(name):
     torch.manual_seed(0)
     model = _randomize_bn(hybridvit.create_model(name))
-    x = torch.randn(2, 3, 64, 64)
-    fused = fuse_bn(model, x)
+    res = hybridvit.paper_entry(name).input_size  # the one size every model accepts
+    fused = fuse_bn(model, torch.randn(2, 3, res, res))
     assert count_batchnorms(fused) < count_batchnorms(model) or count_batchnorms(model) == 0
+    x = torch.randn(3, 3, res, res)  # not the batch the pairs were found with
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
-        x2 = torch.randn(3, 3, 96, 96)
-        torch.testing.assert_close(fused(x2), model(x2), rtol=0, atol=1e-5)
     assert count_batchnorms(model) > 0  # the original is left untouched
 
 
