@@ -13,7 +13,11 @@ import torch
 from .errors import HybridViTError
 
 # Each module here defines `add_commands(subparsers)`; its parsers set `func` to a handler.
-_VERB_MODULES: tuple[str, ...] = ("hybridvit.engine.commands",)
+_VERB_MODULES: tuple[str, ...] = (
+    "hybridvit.engine.commands",
+    "hybridvit.bench.commands",
+    "hybridvit.export.commands",
+)
 
 
 def _meta_model(name: str) -> torch.nn.Module:

@@ -1,0 +1,42 @@
+"""`hybridvit bench MODEL... [--res ...] [--batch ...] [--peers] [--all] --out DIR`."""
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from ..errors import HybridViTError
+    from .output import environment, rows_table, write_results
+    from .runner import BenchConfig, resolve_models, run_bench
+
+    names = resolve_models(args.model, all_models=args.all, peers=args.peers)
+    if not names:
+        raise HybridViTError("no models to benchmark: name some, or pass --all / --peers")
+    cfg = BenchConfig(
+        resolutions=args.res, batches=args.batch, warmup=args.warmup, rounds=args.rounds, device=args.device,
+        threads=args.threads, memory=not args.no_memory,
+    )
+    rows = run_bench(names, cfg, log=lambda msg: print(msg, flush=True))
+    env = environment()
+    print(f"\ntorch {env['torch']}, {cfg.device}, {env['threads']} thread(s); "
+          f"median of {cfg.rounds} alternating rounds; GMACs per image")
+    print(rows_table(rows, markdown=args.markdown))
+    paths = write_results(rows, args.out, markdown=args.markdown)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench", help="params, MACs, latency, throughput and memory vs resolution")
+    p.add_argument("model", nargs="*", help="hybridvit or timm model names")
+    p.add_argument("--all", action="store_true", help="every hybridvit model")
+    p.add_argument("--peers", action="store_true", help="add timm's nearest models (MobileViT, MobileNetV3, ...)")
+    p.add_argument("--res", type=int, nargs="+", default=[224, 256], help="input resolutions (default 224 256)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs per model (default 3)")
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds; each runs every model once (default 10)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, fixed for the run (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table and write table.md")
+    p.add_argument("--out", default="bench_results", help="output folder (default bench_results)")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,149 @@
+"""`hybridvit bench`: params, MACs, latency, throughput and peak memory over resolutions and batches.
+
+Models are hybridvit names or any timm name (the peers). All models of one run are measured in the
+same process, side by side (see `measure`), so their numbers can be compared with each other.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import timm
+import torch
+
+from ..errors import UnknownModelError
+from ..models import list_models
+from .flops import MacCount, count_macs_at, count_params
+from .measure import peak_memory_bytes, time_side_by_side
+
+# timm's nearest models to ours: MobileViT v1/v2, MobileNetV3, GhostNet, DeiT, Swin, EfficientNet.
+PEERS: tuple[str, ...] = (
+    "mobilevit_xxs",
+    "mobilevit_xs",
+    "mobilevit_s",
+    "mobilevitv2_100",
+    "mobilenetv3_large_100",
+    "ghostnet_100",
+    "deit_tiny_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "efficientnet_b0",
+)
+
+COLUMNS: tuple[str, ...] = (
+    "model", "source", "res", "batch", "params_m", "gmacs", "gmacs_no_attn",
+    "latency_ms", "latency_p90_ms", "throughput_img_s", "peak_mem_mb", "device", "threads", "note",
+)
+
+
+@dataclass
+class BenchRow:
+    """One model at one resolution and batch size. GMACs are per image; memory in MiB."""
+
+    model: str
+    source: str  # "hybridvit" or "timm"
+    res: int
+    batch: int
+    params_m: float
+    gmacs: float | None = None
+    gmacs_no_attn: float | None = None
+    latency_ms: float | None = None  # median over rounds
+    latency_p90_ms: float | None = None
+    throughput_img_s: float | None = None
+    peak_mem_mb: float | None = None
+    device: str = "cpu"
+    threads: int = 1
+    note: str = ""  # why a row has no measurements (e.g. a fixed-input-size model)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BenchConfig:
+    resolutions: Sequence[int] = (224, 256)
+    batches: Sequence[int] = (1,)
+    warmup: int = 3
+    rounds: int = 10
+    device: str = "cpu"
+    threads: int | None = None  # None: keep torch's current setting
+    memory: bool = True
+
+
+def resolve_models(names: Sequence[str], all_models: bool = False, peers: bool = False) -> list[str]:
+    """Names in order, without duplicates; raise UnknownModelError for a name neither we nor timm know."""
+    wanted = list(names) + (list_models() if all_models else []) + (list(PEERS) if peers else [])
+    for name in wanted:
+        check_bench_name(name)
+    return list(dict.fromkeys(wanted))
+
+
+def check_bench_name(name: str) -> None:
+    if name in list_models() or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, list_models() + timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run `hybridvit models` or see timm.list_models()"
+    raise UnknownModelError(f"unknown model '{name}' (neither a hybridvit nor a timm model){hint}")
+
+
+def _create(name: str) -> torch.nn.Module:
+    # Random weights: speed and memory do not depend on them, and peers need no download.
+    return timm.create_model(name, pretrained=False).eval()
+
+
+def _macs_or_note(model: torch.nn.Module, res: int) -> MacCount | str:
+    """MACs at res x res, or why the model rejects that size (fixed-size models such as DeiT, Swin)."""
+    try:
+        return count_macs_at(model, res)
+    except Exception as err:  # any model may reject a size in its own way
+        fixed = getattr(model, "pretrained_cfg", {}).get("fixed_input_size") and model.pretrained_cfg["input_size"][-1]
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"skipped: fixed input size {fixed}" if fixed else f"skipped: {first_line[:80]}"
+
+
+def run_bench(names: Sequence[str], cfg: BenchConfig, log=print) -> list[BenchRow]:
+    """Measure every model at every (resolution, batch); models that reject a size get a note row."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    threads = torch.get_num_threads()
+    ours = set(list_models())
+    models = {name: _create(name) for name in names}
+    params = {name: count_params(m) / 1e6 for name, m in models.items()}
+    rows: list[BenchRow] = []
+    macs: dict[tuple[str, int], MacCount] = {}
+    for res in cfg.resolutions:
+        for name, model in models.items():
+            counted = _macs_or_note(model, res)
+            if isinstance(counted, MacCount):
+                macs[name, res] = counted
+                continue
+            for batch in cfg.batches:
+                rows.append(BenchRow(name, _source(name, ours), res, batch, params[name], device=device.type,
+                                     threads=threads, note=counted))
+    for model in models.values():
+        model.to(device)
+    for batch in cfg.batches:
+        # Every model at every resolution in the same rounds: load changes hit all cells alike.
+        inputs = {res: torch.randn(batch, 3, res, res, device=device) for res in cfg.resolutions}
+        cells = list(macs)
+        log(f"batch {batch}: timing {len(cells)} (model, resolution) cells side by side ...")
+        timings = time_side_by_side([(models[n], inputs[res]) for n, res in cells], cfg.warmup, cfg.rounds)
+        for (name, res), timing in zip(cells, timings):
+            mem = peak_memory_bytes(models[name], inputs[res]) / 2**20 if cfg.memory else None
+            rows.append(
+                BenchRow(
+                    name, _source(name, ours), res, batch, params[name],
+                    gmacs=macs[name, res].total / 1e9, gmacs_no_attn=macs[name, res].without_attention / 1e9,
+                    latency_ms=timing.median_ms, latency_p90_ms=timing.p90_ms,
+                    throughput_img_s=batch * 1e3 / timing.median_ms, peak_mem_mb=mem,
+                    device=device.type, threads=threads,
+                )
+            )
+    order = {n: i for i, n in enumerate(names)}
+    rows.sort(key=lambda r: (r.res, r.batch, order[r.model]))
+    return rows
+
+
+def _source(name: str, ours: set[str]) -> str:
+    return "hybridvit" if name in ours else "timm"

@@ -1,0 +1,133 @@
+"""`export_model`: one entry point for ONNX, TorchScript and Core ML, with an output check."""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+
+from ..errors import HybridViTError, UnknownModelError
+from ..models import list_models, paper_entry
+from .coreml import export_coreml
+from .fuse_bn import fuse_bn
+from .onnx import export_onnx, onnx_max_error
+from .torchscript import export_torchscript, load_torchscript, torchscript_max_error
+
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage"}
+RES_STEP = 32  # other resolutions checked: res +- 32 keeps divisibility by 32 and flips the parity of res/32
+
+
+class ExportError(HybridViTError):
+    """A format we cannot write, or an exported graph whose outputs differ from the eager model."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    input_shape: tuple[int, int, int, int]  # the shape it was exported with
+    dynamic_batch: bool
+    dynamic_hw: bool
+    max_error: float | None  # relative to max(1, |logits|), over the checked inputs; None: not checked
+    checked_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"unsupported export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> torch.nn.Module:
+    """A hybridvit model (weights converted on load) or any timm model, in eval mode."""
+    if name in list_models():
+        from .. import create_model
+
+        return create_model(name, pretrained_path=checkpoint).eval()
+    if timm.is_model(name):
+        return timm.create_model(name, pretrained=False, checkpoint_path=str(checkpoint or "")).eval()
+    close = difflib.get_close_matches(name, list_models() + timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run `hybridvit models` for the list"
+    raise UnknownModelError(f"unknown model '{name}'{hint}")
+
+
+def default_resolution(name: str, model: torch.nn.Module) -> int:
+    if name in list_models():
+        return paper_entry(name).input_size
+    return int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
+
+
+def export_model(
+    name: str,
+    fmt: str,
+    out: str | os.PathLike | None = None,
+    res: int | None = None,
+    batch: int | None = None,
+    dynamic: bool = False,
+    fold_bn: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    atol: float = 1e-4,
+    model: torch.nn.Module | None = None,
+) -> ExportResult:
+    """Export `name` (or the given `model`) as `fmt` and check it against eager outputs.
+
+    `batch` defaults to 2 (1 for Core ML). The batch dimension is dynamic for ONNX and TorchScript;
+    `dynamic=True` also asks for dynamic H/W, kept only if the graph verifies at res +- 32 (otherwise
+    H/W is fixed, with a note).
+    """
+    check_format(fmt)
+    batch = batch or (1 if fmt == "coreml" else 2)
+    model = (model if model is not None else load_model(name, checkpoint)).eval()
+    res = res or default_resolution(name, model)
+    path = Path(out) if out else Path(f"{name}{FORMATS[fmt]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    in_chans = getattr(model, "in_chans", 3)
+    x = torch.randn(batch, in_chans, res, res)
+    notes: list[str] = []
+    if fold_bn:
+        model = fuse_bn(model, x)
+        notes.append("BatchNorm folded into convolutions")
+    other_batch = [torch.randn(batch + 1, in_chans, res, res)]
+    other_res = [torch.randn(batch + 1, in_chans, r, r) for r in (res - RES_STEP, res + RES_STEP) if r >= RES_STEP]
+
+    if fmt == "coreml":
+        export_coreml(model, x, path)
+        notes.append(f"fixed input shape {tuple(x.shape)}; not run (needs macOS)")
+        return ExportResult(path, fmt, tuple(x.shape), False, False, None, [], notes)
+
+    def check(inputs: list[torch.Tensor]) -> float:
+        if fmt == "onnx":
+            return onnx_max_error(model, path, inputs)
+        return torchscript_max_error(model, load_torchscript(path), inputs)
+
+    def write(dynamic_hw: bool) -> None:
+        if fmt == "onnx":
+            export_onnx(model, x, path, dynamic_hw)
+        else:
+            export_torchscript(model, x, path)
+
+    dynamic_hw = False
+    if dynamic:
+        try:
+            write(dynamic_hw=True)
+            err = check(other_batch + other_res)
+        except Exception as exc:  # torch.export may reject symbolic H/W in many ways
+            err, reason = float("inf"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
+        else:
+            sizes = ", ".join(f"{t.shape[-2]}x{t.shape[-1]}" for t in other_res)
+            reason = f"max error {err:.2g} at {sizes}" if err < float("inf") else f"the graph fails at {sizes}"
+        dynamic_hw = err <= atol
+        if not dynamic_hw:
+            notes.append(f"dynamic H/W did not verify ({reason}); exported fixed {res}x{res}")
+    if not dynamic_hw:
+        write(dynamic_hw=False)
+    checked = [x] + other_batch + (other_res if dynamic_hw else [])
+    err = check(checked)
+    if err > atol:
+        raise ExportError(f"exported {fmt} graph differs from the eager model (max error {err:.3g} > {atol:g})")
+    if fmt == "torchscript" and not dynamic_hw:
+        notes.append(f"traced at {res}x{res}: other resolutions are not guaranteed to be correct")
+    return ExportResult(path, fmt, tuple(x.shape), True, dynamic_hw, err, [tuple(t.shape) for t in checked], notes)

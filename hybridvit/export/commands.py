@@ -1,0 +1,39 @@
+"""`hybridvit export MODEL --format onnx|torchscript|coreml`."""
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from .api import check_format, export_model
+
+    check_format(args.format)
+    torch.set_num_threads(args.threads)
+    result = export_model(
+        args.model, args.format, out=args.out, res=args.res, batch=args.batch, dynamic=args.dynamic,
+        fold_bn=args.fuse_bn, checkpoint=args.checkpoint,
+    )
+    dims = "dynamic batch" if result.dynamic_batch else "fixed batch"
+    dims += ", dynamic H/W" if result.dynamic_hw else f", fixed {result.input_shape[2]}x{result.input_shape[3]}"
+    print(f"wrote {result.path} ({result.format}, exported at {'x'.join(map(str, result.input_shape))}; {dims})")
+    if result.max_error is not None:
+        shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
+        print(f"checked against eager at {shapes}: max error {result.max_error:.2e}")
+    for note in result.notes:
+        print(f"note: {note}")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="export a model to ONNX, TorchScript or Core ML, checked against eager")
+    p.add_argument("model", help="a hybridvit model name (or any timm name)")
+    p.add_argument("--format", default="onnx", help="onnx (default), torchscript or coreml")
+    p.add_argument("--out", help="output path (default: MODEL.onnx / .pt / .mlpackage)")
+    p.add_argument("--res", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--batch", type=int, help="batch size to export with (default 2; 1 for coreml)")
+    p.add_argument("--dynamic", action="store_true", help="also make H/W dynamic, if the graph verifies")
+    p.add_argument("--fuse-bn", action="store_true", help="fold BatchNorm into the preceding convolutions")
+    p.add_argument("--checkpoint", help="weights to load first (any layout hybridvit converts)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,175 @@
+"""Export: ONNX (checked with onnxruntime at another batch), TorchScript, Core ML, BN folding."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+
+import hybridvit
+from hybridvit.cli import main
+from hybridvit.errors import HybridViTError
+from hybridvit.export import ExportError, export_model, fuse_bn
+from hybridvit.export.coreml import coreml_available
+from hybridvit.export.fuse_bn import count_batchnorms
+from hybridvit.export.torchscript import load_torchscript
+
+MODELS = hybridvit.list_models()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two shared cores: more threads than free cores makes OpenMP spin, and forwards 30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics, so that folding has something to fold."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+def _ort_run(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_matches_eager_at_another_batch(name, tmp_path):
+    torch.manual_seed(0)
+    model = hybridvit.create_model(name).eval()
+    res = hybridvit.paper_entry(name).input_size
+    result = export_model(name, "onnx", out=tmp_path / "m.onnx", batch=2, model=model)
+    assert result.dynamic_batch and result.input_shape == (2, 3, res, res)
+    for batch in (3, 1):
+        x = torch.randn(batch, 3, res, res)
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        got = _ort_run(result.path, x)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bn_folding_keeps_outputs(name):
+    torch.manual_seed(0)
+    model = _randomize_bn(hybridvit.create_model(name))
+    res = hybridvit.paper_entry(name).input_size  # the one size every model accepts
+    fused = fuse_bn(model, torch.randn(2, 3, res, res))
+    assert count_batchnorms(fused) < count_batchnorms(model) or count_batchnorms(model) == 0
+    x = torch.randn(3, 3, res, res)  # not the batch the pairs were found with
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+    assert count_batchnorms(model) > 0  # the original is left untouched
+
+
+def test_bn_folding_removes_every_mobilevit_batchnorm():
+    model = _randomize_bn(hybridvit.create_model("hv_mobilevit_xxs"))
+    assert count_batchnorms(model) == 32
+    assert count_batchnorms(fuse_bn(model, torch.randn(1, 3, 64, 64))) == 0
+
+
+class _ConvBnShared(nn.Module):
+    """The conv output feeds the BN and a skip: folding the BN would change the skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+def test_bn_folding_refuses_a_conv_output_used_twice():
+    model = _randomize_bn(_ConvBnShared())
+    with pytest.raises(HybridViTError, match="BatchNorm folding changed the outputs"):
+        fuse_bn(model, torch.randn(1, 3, 8, 8))
+
+
+class _Fcn(nn.Module):
+    """Fully convolutional: any H/W works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class _Branchy(_Fcn):
+    """Takes a different path when W is a multiple of 64: torch.export bakes the branch in."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.shape[-1] % 32 == 0:
+            y = y * 2
+        return self.fc(y.mean((2, 3)))
+
+
+def test_dynamic_hw_claimed_only_when_it_verifies(tmp_path):
+    fcn = _Fcn().eval()
+    ok = export_model("fcn", "onnx", out=tmp_path / "fcn.onnx", res=64, dynamic=True, model=fcn)
+    assert ok.dynamic_hw and not ok.notes
+    x = torch.randn(1, 3, 40, 72)  # a batch, height and width it was not exported with
+    with torch.inference_mode():
+        np.testing.assert_allclose(_ort_run(ok.path, x), fcn(x).numpy(), rtol=0, atol=1e-5)
+    branchy = _Branchy().eval()
+    fixed = export_model("branchy", "onnx", out=tmp_path / "b.onnx", res=64, dynamic=True, model=branchy)
+    assert not fixed.dynamic_hw
+    assert "dynamic H/W did not verify" in fixed.notes[0] and "exported fixed 64x64" in fixed.notes[0]
+    with pytest.raises(Exception):  # fixed H/W: onnxruntime rejects other sizes instead of computing garbage
+        _ort_run(fixed.path, torch.randn(1, 3, 96, 96))
+
+
+def test_torchscript_cli_export_runs_at_another_batch(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    assert main(["export", "hv_mobilevit_xxs", "--format", "torchscript", "--res", "64", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} (torchscript, exported at 2x3x64x64; dynamic batch, fixed 64x64)" in printed
+    assert "checked against eager at 2x3x64x64, 3x3x64x64: max error" in printed
+    traced = load_torchscript(out)
+    model = hybridvit.create_model("hv_mobilevit_xxs").eval()
+    model.load_state_dict(traced.state_dict())
+    x = torch.randn(5, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_coreml_is_optional(tmp_path):
+    if coreml_available():
+        pytest.skip("coremltools is installed; the missing-package message cannot be shown")
+    with pytest.raises(HybridViTError, match=r"needs coremltools.*pip install coremltools"):
+        export_model("hv_mobilevit_xxs", "coreml", out=tmp_path / "m.mlpackage", res=64)
+
+
+def test_coreml_converts_where_coremltools_installs(tmp_path):
+    pytest.importorskip("coremltools")
+    result = export_model("hv_mobilevit_xxs", "coreml", out=tmp_path / "m.mlpackage", res=64)
+    assert result.path.exists() and result.input_shape == (1, 3, 64, 64)
+
+
+def test_cli_errors_are_one_line(capsys):
+    assert main(["export", "hv_mobilevit_xxs", "--format", "tflite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "hybridvit: error: unsupported export format 'tflite'; choose one of onnx, torchscript, coreml"
+    assert main(["export", "hv_mobilevit_xxx", "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown model 'hv_mobilevit_xxx'" in err and "hv_mobilevit_xxs" in err
+    with pytest.raises(ExportError):
+        export_model("hv_mobilevit_xxs", "tflite")
