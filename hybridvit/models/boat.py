@@ -31,6 +31,7 @@ from ..errors import InputShapeError
 from ..layers.clustering import cluster_levels
 from ..layers.cswin_attention import LePEAttention
 from ..layers.fsla import FSLA
+from ._base import ClassifierHeadMixin
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
@@ -168,7 +169,7 @@ class BoatConfig:
     overlap: int = 20  # keys shared between last-level siblings (the reference's n = 20)
 
 
-class BoatTransformer(nn.Module):
+class BoatTransformer(ClassifierHeadMixin, nn.Module):
     """BOAT classifier: 4x4 patch embedding, four stages of bilateral local attention blocks, norm, head."""
 
     def __init__(
@@ -238,14 +239,6 @@ class BoatTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x, self.in_chans)
         if hasattr(self, "layers"):
@@ -260,12 +253,6 @@ class BoatTransformer(nn.Module):
             self._check_size(x.shape[-2], x.shape[-1])
             x = self.stages(self.stem(x))
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -11,6 +11,7 @@ bilinearly resized around the transformer, as the reference does (e.g. 224 -> 7x
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -18,6 +19,7 @@ from timm.layers import ClassifierHead, ConvNormAct
 from timm.models import generate_default_cfgs
 
 from ..layers import MV2Block, TransformerLayer, fold_patches, init_weights_cvnets, unfold_patches
+from ._base import ClassifierHeadMixin, mobilevit_layout_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
@@ -80,7 +82,7 @@ class MobileViTConfig:
     stem_chs: int = 16
 
 
-class MobileViT(nn.Module):
+class MobileViT(ClassifierHeadMixin, nn.Module):
     """MobileViT classifier: stem, five stages (MV2 / MV2 x3 / MV2 + MobileViT block x3), 1x1 conv, head."""
 
     def __init__(
@@ -101,24 +103,14 @@ class MobileViT(nn.Module):
         self.num_features = self.head_hidden_size = cfg.num_features
         self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
 
-        c1, c2, c3, c4, c5 = cfg.channels
-        exp = cfg.mv2_expansion
-        stages: list[nn.Sequential] = [
-            nn.Sequential(MV2Block(cfg.stem_chs, c1, 1, exp)),
-            nn.Sequential(MV2Block(c1, c2, 2, exp), MV2Block(c2, c2, 1, exp), MV2Block(c2, c2, 1, exp)),
+        global_blocks = [
+            MobileViTBlock(chs, dim, depth, num_heads, mlp_ratio, patch_size, drop=cfg.dropout, drop_path=drop_path_rate)
+            for chs, dim, depth in zip(cfg.channels[2:], cfg.transformer_dims, cfg.depths)
         ]
-        prev = c2
-        for chs, dim, depth in zip((c3, c4, c5), cfg.transformer_dims, cfg.depths):
-            block = MobileViTBlock(
-                chs, dim, depth, num_heads, mlp_ratio, patch_size, drop=cfg.dropout, drop_path=drop_path_rate
-            )
-            stages.append(nn.Sequential(MV2Block(prev, chs, 2, exp), block))
-            prev = chs
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = [
-            dict(num_chs=c, reduction=2 ** (i + 1), module=f"stages.{i}") for i, c in enumerate(cfg.channels)
-        ]
-        self.final_conv = ConvNormAct(c5, cfg.num_features, 1, act_layer=nn.SiLU)
+        self.stages, self.feature_info = mobilevit_layout_stages(
+            cfg.stem_chs, cfg.channels, partial(MV2Block, expansion=cfg.mv2_expansion), global_blocks
+        )
+        self.final_conv = ConvNormAct(cfg.channels[-1], cfg.num_features, 1, act_layer=nn.SiLU)
         self.head = ClassifierHead(cfg.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         init_weights_cvnets(self)
 
@@ -127,23 +119,9 @@ class MobileViT(nn.Module):
         # The paper applies weight decay 0.01 to every parameter (spec §4.7).
         return set()
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x, self.in_chans)
         return self.final_conv(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 MODEL_CFGS = {

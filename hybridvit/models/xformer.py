@@ -12,6 +12,7 @@ resized around the transformer, as in MobileViT.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -22,6 +23,7 @@ from ..layers.init import init_weights_cvnets
 from ..layers.mobilenet_blocks import MV3Block
 from ..layers.patches import fold_patches, unfold_patches
 from ..layers.xfa import XFA
+from ._base import ClassifierHeadMixin, mobilevit_layout_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
@@ -104,7 +106,7 @@ class XFormerConfig:
     stem_chs: int = 16
 
 
-class XFormer(nn.Module):
+class XFormer(ClassifierHeadMixin, nn.Module):
     """XFormer classifier: stem, five stages (MV3 / MV3 x3 / MV3 + XF block x3), 1x1 conv, pool, classifier."""
 
     def __init__(
@@ -123,24 +125,14 @@ class XFormer(nn.Module):
         self.num_features = self.head_hidden_size = cfg.num_features
         self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
 
-        c1, c2, c3, c4, c5 = cfg.channels
-        exp = cfg.mv3_expansion
-        stages: list[nn.Sequential] = [
-            nn.Sequential(MV3Block(cfg.stem_chs, c1, 1, exp)),
-            nn.Sequential(MV3Block(c1, c2, 2, exp), MV3Block(c2, c2, 1, exp), MV3Block(c2, c2, 1, exp)),
+        global_blocks = [
+            XFBlock(chs, dim, depth, cfg.qkv_dim, ratio, cfg.heads, patch_size, drop=cfg.dropout, drop_path=drop_path_rate)
+            for chs, dim, depth, ratio in zip(cfg.channels[2:], cfg.embed_dims, cfg.depths, cfg.mlp_ratios)
         ]
-        prev = c2
-        for chs, dim, depth, ratio in zip((c3, c4, c5), cfg.embed_dims, cfg.depths, cfg.mlp_ratios):
-            block = XFBlock(
-                chs, dim, depth, cfg.qkv_dim, ratio, cfg.heads, patch_size, drop=cfg.dropout, drop_path=drop_path_rate
-            )
-            stages.append(nn.Sequential(MV3Block(prev, chs, 2, exp), block))
-            prev = chs
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = [
-            dict(num_chs=c, reduction=2 ** (i + 1), module=f"stages.{i}") for i, c in enumerate(cfg.channels)
-        ]
-        self.final_conv = ConvNormAct(c5, cfg.num_features, 1, act_layer=nn.SiLU)
+        self.stages, self.feature_info = mobilevit_layout_stages(
+            cfg.stem_chs, cfg.channels, partial(MV3Block, expansion=cfg.mv3_expansion), global_blocks
+        )
+        self.final_conv = ConvNormAct(cfg.channels[-1], cfg.num_features, 1, act_layer=nn.SiLU)
         self.head = ClassifierHead(cfg.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         init_weights_cvnets(self)
 
@@ -149,23 +141,9 @@ class XFormer(nn.Module):
         """The XFA temperatures lambda (as XCiT does for its temperature)."""
         return {name for name, _ in self.named_parameters() if name.endswith("attn.temperature")}
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x, self.in_chans)
         return self.final_conv(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 MODEL_CFGS = {
