@@ -24,7 +24,7 @@ def one_thread():
 
 
 def test_bench_cli_writes_table_csv_json_and_plots(tmp_path, capsys):
-    ours = hybridvit.list_models()[0]
+    ours = "hv_mobilevit_xxs"
     out = tmp_path / "bench"
     argv = [ours, "deit_tiny_patch16_224", "--res", "64", "224", "--batch", "1", "2", "--rounds", "2",
             "--warmup", "1", "--markdown", "--out", str(out)]
