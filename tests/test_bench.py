@@ -15,14 +15,6 @@ from hybridvit.cli import main
 from hybridvit.errors import UnknownModelError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_bench_cli_writes_table_csv_json_and_plots(tmp_path, capsys):
     ours = "hv_mobilevit_xxs"
     out = tmp_path / "bench"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from hybridvit.cli import main
@@ -71,16 +70,7 @@ def test_bad_data_directory_exit_code_2(tmp_path, capsys, make, message):
     assert err.startswith("hybridvit: error: ") and message in err and err.count("\n") == 1
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny batches run fastest on one thread, and far faster on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_training_reports_skipped_files(tmp_path, capsys, one_thread):
+def test_training_reports_skipped_files(tmp_path, capsys):
     root = _tree(tmp_path / "data")
     (root / "val/dog/cut.jpg").write_bytes((root / "val/dog/0.jpg").read_bytes()[:300])
     argv = ["train", "--model", "hv_mobilevit_xxs", "--data", str(root), "--img-size", "32", "--output",

@@ -18,15 +18,6 @@ from hybridvit.export.torchscript import load_torchscript
 MODELS = hybridvit.list_models()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two shared cores: more threads than free cores makes OpenMP spin, and forwards 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomize_bn(model: nn.Module) -> nn.Module:
     """Non-trivial BN statistics, so that folding has something to fold."""
     g = torch.Generator().manual_seed(0)

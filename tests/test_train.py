@@ -26,15 +26,6 @@ MAIN_JOB = ["train", "--model", MODEL, "--output"]
 QUICK = ["--limit", "48", "--batch-size", "16", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny batches run fastest on one thread, and far faster on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train(out, *extra):
     return main([*MAIN_JOB, str(out), *QUICK, *extra])
 
