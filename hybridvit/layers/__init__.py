@@ -10,6 +10,7 @@ from .init import init_weights_cvnets
 from .lca import LCA, LCAAttention
 from .leff import LeFF
 from .mobilenet_blocks import MV2Block, MV3Block
+from .mobilevit_block import MobileViTBlock
 from .moffn import MoFFN
 from .mosa import MoSA
 from .patches import PatchGrid, fold_patches, unfold_patches
@@ -31,6 +32,7 @@ __all__ = [
     "LeFF",
     "MV2Block",
     "MV3Block",
+    "MobileViTBlock",
     "MoFFN",
     "MoSA",
     "MultiHeadSelfAttention",

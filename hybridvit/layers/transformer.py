@@ -13,6 +13,7 @@ class TransformerLayer(nn.Module):
 
     `drop` is applied after the attention projection and after the MLP's second linear layer only,
     where ml-cvnets places it (timm's Mlp would also drop after the first linear layer).
+    `attn` replaces the default MHSA with another token mixer on [B, N, dim] (e.g. XFA).
     """
 
     def __init__(
@@ -26,10 +27,11 @@ class TransformerLayer(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        attn: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = MultiHeadSelfAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.attn = attn or MultiHeadSelfAttention(dim, num_heads, qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=(0.0, drop))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -18,55 +18,10 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, ConvNormAct
 from timm.models import generate_default_cfgs
 
-from ..layers import MV2Block, TransformerLayer, fold_patches, init_weights_cvnets, unfold_patches
+from ..layers import MobileViTBlock, MV2Block, TransformerLayer, init_weights_cvnets
 from ._base import ClassifierHeadMixin, mobilevit_layout_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
-
-
-class MobileViTBlock(nn.Module):
-    """MobileViT block (§3.1, Eq. 1, Fig. 1b): local conv, unfold, transformer, fold, fuse.
-
-    n x n conv + 1x1 projection to `transformer_dim` (local representation), unfold into 2x2 patches,
-    L transformer layers + LayerNorm (global representation), fold, 1x1 projection back, concat
-    with the input and an n x n fusion conv.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        transformer_dim: int,
-        depth: int,
-        num_heads: int = 4,
-        mlp_ratio: float = 2.0,
-        patch_size: int = 2,
-        kernel_size: int = 3,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.conv_kxk = ConvNormAct(channels, channels, kernel_size, act_layer=nn.SiLU)
-        self.conv_1x1 = nn.Conv2d(channels, transformer_dim, 1, bias=False)
-        self.transformer = nn.Sequential(
-            *[
-                TransformerLayer(
-                    transformer_dim, num_heads, mlp_ratio, nn.SiLU, drop=drop, attn_drop=attn_drop, drop_path=drop_path
-                )
-                for _ in range(depth)
-            ]
-        )
-        self.norm = nn.LayerNorm(transformer_dim)
-        self.conv_proj = ConvNormAct(transformer_dim, channels, 1, act_layer=nn.SiLU)
-        self.conv_fusion = ConvNormAct(2 * channels, channels, kernel_size, act_layer=nn.SiLU)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = self.conv_1x1(self.conv_kxk(x))
-        tokens, grid = unfold_patches(local, self.patch_size, self.patch_size)
-        tokens = self.norm(self.transformer(tokens))
-        global_rep = self.conv_proj(fold_patches(tokens, grid))
-        return self.conv_fusion(torch.cat((x, global_rep), dim=1))
 
 
 @dataclass(frozen=True)
@@ -104,7 +59,15 @@ class MobileViT(ClassifierHeadMixin, nn.Module):
         self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
 
         global_blocks = [
-            MobileViTBlock(chs, dim, depth, num_heads, mlp_ratio, patch_size, drop=cfg.dropout, drop_path=drop_path_rate)
+            MobileViTBlock(
+                chs,
+                dim,
+                [
+                    TransformerLayer(dim, num_heads, mlp_ratio, nn.SiLU, drop=cfg.dropout, drop_path=drop_path_rate)
+                    for _ in range(depth)
+                ],
+                patch_size,
+            )
             for chs, dim, depth in zip(cfg.channels[2:], cfg.transformer_dims, cfg.depths)
         ]
         self.stages, self.feature_info = mobilevit_layout_stages(

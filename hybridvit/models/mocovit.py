@@ -32,7 +32,7 @@ class MTB(nn.Module):
 
     No LayerNorm, positional embedding or class token: the only norms are the BNs inside the Ghost
     modules and MoSA's depthwise branch. Works on [B, C, H, W] maps. Lives here rather than in
-    layers/ because, like MobileViTBlock, it is this family's block; MoSA and MoFFN are the shared parts.
+    layers/ because it is this family's block; MoSA and MoFFN are the shared parts.
     """
 
     def __init__(self, dim: int, hidden_dim: int, num_heads: int = 1, act_layer: ActFactory = relu) -> None:

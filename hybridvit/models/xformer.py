@@ -16,78 +16,43 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, ConvNormAct, DropPath, Mlp
+from timm.layers import ClassifierHead, ConvNormAct
 from timm.models import generate_default_cfgs
 
 from ..layers.init import init_weights_cvnets
 from ..layers.mobilenet_blocks import MV3Block
-from ..layers.patches import fold_patches, unfold_patches
+from ..layers.mobilevit_block import MobileViTBlock
+from ..layers.transformer import TransformerLayer
 from ..layers.xfa import XFA
 from ._base import ClassifierHeadMixin, mobilevit_layout_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
 
-class XFLayer(nn.Module):
-    """One transformer layer of an XF block (§3.2 "XF Block"): x + XFA(LN(x)), then x + MLP(LN(x)), MLP with GELU."""
-
-    def __init__(
-        self,
-        dim: int,
-        qkv_dim: int,
-        mlp_ratio: float,
-        heads: int = 1,
-        drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = XFA(dim, qkv_dim, heads, proj_drop=drop)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=(0.0, drop))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class XFBlock(nn.Module):
+def xf_block(
+    channels: int,
+    embed_dim: int,
+    depth: int,
+    qkv_dim: int = 96,
+    mlp_ratio: float = 2.0,
+    heads: int = 1,
+    patch_size: int = 2,
+    drop: float = 0.0,
+    drop_path: float = 0.0,
+) -> MobileViTBlock:
     """XF block (§3.2): MobileViT's local conv, 2x2 unfold, L XF layers + LN, fold, 1x1 projection, fusion.
 
-    The local/fusion convs around the XFA stack are MobileViT v1's (spec §2, reconstructed).
+    An XF layer is x + XFA(LN(x)), then x + MLP(LN(x)) with a GELU MLP. The local/fusion convs around
+    the XFA stack are MobileViT v1's (spec §2, reconstructed).
     """
-
-    def __init__(
-        self,
-        channels: int,
-        embed_dim: int,
-        depth: int,
-        qkv_dim: int = 96,
-        mlp_ratio: float = 2.0,
-        heads: int = 1,
-        patch_size: int = 2,
-        kernel_size: int = 3,
-        drop: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.conv_kxk = ConvNormAct(channels, channels, kernel_size, act_layer=nn.SiLU)
-        self.conv_1x1 = nn.Conv2d(channels, embed_dim, 1, bias=False)
-        self.transformer = nn.Sequential(
-            *[XFLayer(embed_dim, qkv_dim, mlp_ratio, heads, drop=drop, drop_path=drop_path) for _ in range(depth)]
+    layers = [
+        TransformerLayer(
+            embed_dim, heads, mlp_ratio, nn.GELU, drop=drop, drop_path=drop_path,
+            attn=XFA(embed_dim, qkv_dim, heads, proj_drop=drop),
         )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.conv_proj = ConvNormAct(embed_dim, channels, 1, act_layer=nn.SiLU)
-        self.conv_fusion = ConvNormAct(2 * channels, channels, kernel_size, act_layer=nn.SiLU)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = self.conv_1x1(self.conv_kxk(x))
-        tokens, grid = unfold_patches(local, self.patch_size, self.patch_size)
-        tokens = self.norm(self.transformer(tokens))
-        global_rep = self.conv_proj(fold_patches(tokens, grid))
-        return self.conv_fusion(torch.cat((x, global_rep), dim=1))
+        for _ in range(depth)
+    ]
+    return MobileViTBlock(channels, embed_dim, layers, patch_size)
 
 
 @dataclass(frozen=True)
@@ -126,7 +91,7 @@ class XFormer(ClassifierHeadMixin, nn.Module):
         self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
 
         global_blocks = [
-            XFBlock(chs, dim, depth, cfg.qkv_dim, ratio, cfg.heads, patch_size, drop=cfg.dropout, drop_path=drop_path_rate)
+            xf_block(chs, dim, depth, cfg.qkv_dim, ratio, cfg.heads, patch_size, cfg.dropout, drop_path_rate)
             for chs, dim, depth, ratio in zip(cfg.channels[2:], cfg.embed_dims, cfg.depths, cfg.mlp_ratios)
         ]
         self.stages, self.feature_info = mobilevit_layout_stages(
