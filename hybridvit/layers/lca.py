@@ -12,27 +12,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp
 
+from .attention import MultiHeadSelfAttention
 
-class LCAAttention(nn.Module):
+
+class LCAAttention(MultiHeadSelfAttention):
     """Multi-head attention with one query (the last token) over all tokens: [B, L, D] -> [B, 1, D].
 
-    One `qkv` Linear as in standard MHSA: rows [0:D] give q (applied to the last token only), rows [D:3D]
-    give k and v (applied to all tokens).
+    The parameters are standard MHSA's: rows [0:D] of `qkv` give q (applied to the last token only),
+    rows [D:3D] give k and v (applied to all tokens).
     """
-
-    def __init__(
-        self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
-    ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
