@@ -3,12 +3,13 @@
 A [B, C, H, W] map is cut into p_h x p_w patches. Each of the P = p_h*p_w pixel positions in a patch
 forms its own sequence of N = n_h*n_w tokens, giving [B*P, N, C]. When H or W is not a multiple of
 the patch size, the map is bilinearly resized up to the next multiple before unfolding and back
-after folding, as ml-cvnets and timm do (padding would need attention masking). Every tensor stays
-at rank <= 5, which Core ML requires (coremltools #1723).
+after folding, as ml-cvnets and timm do (padding would need attention masking). Under torch.export
+the resize is always taken (at the same size bilinear is an exact copy), so an exported graph keeps
+H and W symbolic instead of baking in one branch. Every tensor stays at rank <= 5, which Core ML
+requires (coremltools #1723).
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -30,8 +31,9 @@ class PatchGrid(NamedTuple):
 def unfold_patches(x: torch.Tensor, patch_h: int, patch_w: int) -> tuple[torch.Tensor, PatchGrid]:
     """[B, C, H, W] -> ([B*P, N, C], grid)."""
     B, C, H, W = x.shape
-    num_h, num_w = math.ceil(H / patch_h), math.ceil(W / patch_w)
-    if num_h * patch_h != H or num_w * patch_w != W:
+    # ceil division with non-negative operands: ONNX integer Div truncates, so -(-H // p) would export wrong
+    num_h, num_w = (H + patch_h - 1) // patch_h, (W + patch_w - 1) // patch_w
+    if torch.compiler.is_exporting() or num_h * patch_h != H or num_w * patch_w != W:
         x = F.interpolate(x, size=(num_h * patch_h, num_w * patch_w), mode="bilinear", align_corners=False)
     x = x.reshape(B * C, num_h, patch_h, num_w, patch_w).permute(0, 2, 4, 1, 3)  # [BC, ph, pw, nh, nw]
     x = x.reshape(B, C, patch_h * patch_w, num_h * num_w).permute(0, 2, 3, 1)  # [B, P, N, C]
@@ -45,6 +47,6 @@ def fold_patches(tokens: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
     x = tokens.reshape(B, P, grid.num_h * grid.num_w, C).permute(0, 3, 1, 2)  # [B, C, P, N]
     x = x.reshape(B * C, grid.patch_h, grid.patch_w, grid.num_h, grid.num_w).permute(0, 3, 1, 4, 2)
     x = x.reshape(B, C, grid.num_h * grid.patch_h, grid.num_w * grid.patch_w)
-    if x.shape[-2] != grid.height or x.shape[-1] != grid.width:
+    if torch.compiler.is_exporting() or x.shape[-2] != grid.height or x.shape[-1] != grid.width:
         x = F.interpolate(x, size=(grid.height, grid.width), mode="bilinear", align_corners=False)
     return x
