@@ -8,7 +8,12 @@ import torch.nn.functional as F
 
 import hybridvit  # noqa: F401  (registers the models)
 from hybridvit.errors import InputShapeError
-from hybridvit.layers.clustering import balanced_hierarchical_clustering, cluster_levels, overlapping_key_index
+from hybridvit.layers.clustering import (
+    balanced_hierarchical_clustering,
+    cluster_levels,
+    overlapping_key_index,
+    replay_cuts,
+)
 from hybridvit.layers.cswin_attention import LePEAttention
 from hybridvit.layers.fsla import FSLA
 from hybridvit.models.boat import BoatConfig, BoatTransformer
@@ -120,6 +125,20 @@ def test_fsla_equals_attention_inside_each_cluster_with_overlap() -> None:
                 attended[b, qi, h] = w @ v[b, h, ki]
     expected = _lepe_proj(fsla, attended.view(2, 196, 16), v.transpose(1, 2).reshape(2, 196, 16), (14, 14))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_replayed_cuts_drive_the_clustering() -> None:
+    """`replay_cuts` (ONNX export checks) replaces each level's sort, in call order."""
+    x = torch.randn(3, 196, 8, generator=torch.Generator().manual_seed(0))
+    in_place = [torch.arange(196).expand(3, 196), torch.arange(98).expand(6, 98)]  # level 1, level 2
+    assert not torch.equal(balanced_hierarchical_clustering(x, levels=2)[0], in_place[0])
+    with replay_cuts(in_place):
+        perm, inv = balanced_hierarchical_clustering(x, levels=2)
+    assert torch.equal(perm, in_place[0]) and torch.equal(inv, in_place[0])
+    with pytest.raises(RuntimeError, match="more clustering cuts"), replay_cuts(in_place[:1]):
+        balanced_hierarchical_clustering(x, levels=2)
+    with pytest.raises(RuntimeError, match="1 replayed cluster orders were left unused"), replay_cuts(in_place):
+        balanced_hierarchical_clustering(x, levels=1)
 
 
 def test_fsla_passes_gradients_to_input_and_weights() -> None:

@@ -98,10 +98,12 @@ def export_model(
         notes.append(f"fixed input shape {tuple(x.shape)}; not run (needs macOS)")
         return ExportResult(path, fmt, tuple(x.shape), False, False, None, [], notes)
 
-    def check(inputs: list[torch.Tensor]) -> float:
+    def check(inputs: list[torch.Tensor]) -> tuple[float, float]:
+        """Max error, and max error without replaying BOAT's cluster cuts (see `onnx_max_error`)."""
         if fmt == "onnx":
             return onnx_max_error(model, path, inputs)
-        return torchscript_max_error(model, load_torchscript(path), inputs)
+        err = torchscript_max_error(model, load_torchscript(path), inputs)
+        return err, err
 
     def write(dynamic_hw: bool) -> None:
         if fmt == "onnx":
@@ -113,7 +115,7 @@ def export_model(
     if dynamic:
         try:
             write(dynamic_hw=True)
-            err = check(other_batch + other_res)
+            err, _ = check(other_batch + other_res)
         except Exception as exc:  # torch.export may reject symbolic H/W in many ways
             err, reason = float("inf"), f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
         else:
@@ -125,9 +127,15 @@ def export_model(
     if not dynamic_hw:
         write(dynamic_hw=False)
     checked = [x] + other_batch + (other_res if dynamic_hw else [])
-    err = check(checked)
+    err, unreplayed = check(checked)
     if err > atol:
         raise ExportError(f"exported {fmt} graph differs from the eager model (max error {err:.3g} > {atol:g})")
+    if unreplayed > atol:
+        notes.append(
+            f"checked with onnxruntime's FSLA cluster orders replayed in eager; without them max error "
+            f"{unreplayed:.2g}: float32 rounding moved near-tie tokens across a median cut, as it does "
+            "between eager float32 and float64"
+        )
     if fmt == "torchscript" and not dynamic_hw:
         notes.append(f"traced at {res}x{res}: other resolutions are not guaranteed to be correct")
     return ExportResult(path, fmt, tuple(x.shape), True, dynamic_hw, err, [tuple(t.shape) for t in checked], notes)

@@ -5,13 +5,52 @@ Follows the reference `ContentAttention.forward` of mahaoyuHKU/pytorch-boat (spe
 at each level every group of n tokens is split into two halves of n/2 by a soft spherical two-centre
 k-means, then the tokens are sorted by the ratio of their shifted cosine similarities to the two centres
 and cut at the middle, so all groups stay exactly equal in size. No parameters, no gradient.
+
+The clustering runs in float64 (float32 on MPS, which has no float64): the median cut is discontinuous,
+so float32 rounding that differs between back ends (eager, onnxruntime, GPU kernels) moved near-tie
+tokens into the sibling group in about half of the random inputs tried; in float64 none did. Rounding
+upstream of the clustering (in the queries) can still do so, which is why export checks replay the cuts
+(`replay_cuts`).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+
+
+_replayed_orders: list[torch.Tensor] | None = None  # set only inside `replay_cuts`
+
+
+@contextmanager
+def replay_cuts(orders: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Inside the block, each clustering level takes its sort order from `orders`, in call order,
+    instead of sorting its own keys.
+
+    Export checks use this to give eager the cuts that onnxruntime made. Comparing outputs is only
+    meaningful when both sides cut the same way. Not thread-safe; for verification only.
+    """
+    global _replayed_orders
+    queue = list(orders)
+    _replayed_orders = queue
+    try:
+        yield
+    finally:
+        _replayed_orders = None
+    if queue:
+        raise RuntimeError(f"{len(queue)} replayed cluster orders were left unused")
+
+
+def _sort_order(key: torch.Tensor) -> torch.Tensor:
+    """Ascending order of `key` [g, n] along n, or the next replayed order (see `replay_cuts`)."""
+    if _replayed_orders is None:
+        return key.argsort(dim=-1)
+    if not _replayed_orders:
+        raise RuntimeError("the model made more clustering cuts than were replayed")
+    return _replayed_orders.pop(0).to(key.device).view_as(key)
 
 
 def cluster_levels(num_tokens: int, group_size: int) -> int | None:
@@ -36,19 +75,20 @@ def balanced_hierarchical_clustering(
     re-estimation, then a sort of (cos_0 + 1) / (cos_1 + 1) ascending and a cut at the middle.
     """
     G, N, D = x.shape
+    x = x.to(torch.float32 if x.device.type == "mps" else torch.float64)
     perm = torch.arange(N, device=x.device).repeat(G)  # flat [G * N], regrouped like the rows of x
     for _ in range(levels):
         g, n, _ = x.shape  # g = G * 2**level groups of n tokens
-        unit = F.normalize(x, dim=-1)
+        inv_norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12).reciprocal()  # cosine = (x @ c) / |x|
         centres = F.normalize(x.view(g, 2, n // 2, D).mean(dim=2), dim=-1)  # [g, 2, D]
         for _ in range(iters):
-            cos = unit @ centres.transpose(1, 2)  # [g, n, 2]
+            cos = (x @ centres.transpose(1, 2)) * inv_norm  # [g, n, 2]
             # softmax over the two centres, as a sigmoid of the difference (CPU softmax over 2 is slow)
             near_first = torch.sigmoid(temperature * (cos[..., 0] - cos[..., 1]))
             assign = torch.stack((near_first, 1 - near_first), dim=1)  # [g, 2, n]
             centres = F.normalize(assign @ x, dim=-1)
-        cos = unit @ centres.transpose(1, 2)
-        order = ((cos[..., 0] + 1) / (cos[..., 1] + 1)).argsort(dim=-1)  # [g, n]
+        cos = (x @ centres.transpose(1, 2)) * inv_norm
+        order = _sort_order((cos[..., 0] + 1) / (cos[..., 1] + 1))  # [g, n]
         rows = (order + n * torch.arange(g, device=x.device).unsqueeze(1)).flatten()  # row gathers beat gather()
         perm = perm.index_select(0, rows)
         x = x.reshape(g * n, D).index_select(0, rows).view(2 * g, n // 2, D)
