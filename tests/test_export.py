@@ -86,6 +86,45 @@ def test_fsla_clustering_is_the_same_in_onnxruntime(tmp_path):
         np.testing.assert_array_equal(_ort_run(tmp_path / "clustering.onnx", x), _Clustering()(x).numpy())
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_bn_folding_keeps_outputs(name):
+    torch.manual_seed(0)
+    model = _randomize_bn(hybridvit.create_model(name))
+    res = hybridvit.paper_entry(name).input_size  # the one size every model accepts
+    batchnorms = count_batchnorms(model)  # 0 for BOAT, which uses LayerNorm only
+    fused = fuse_bn(model, torch.randn(2, 3, res, res))
+    assert count_batchnorms(fused) < batchnorms or batchnorms == 0
+    x = torch.randn(3, 3, res, res)  # not the batch the pairs were found with
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+    assert count_batchnorms(model) == batchnorms  # the original is left untouched
+
+
+def test_bn_folding_removes_every_mobilevit_batchnorm():
+    model = _randomize_bn(hybridvit.create_model("hv_mobilevit_xxs"))
+    assert count_batchnorms(model) == 32
+    assert count_batchnorms(fuse_bn(model, torch.randn(1, 3, 64, 64))) == 0
+
+
+class _ConvBnShared(nn.Module):
+    """The conv output feeds the BN and a skip: folding the BN would change the skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+def test_bn_folding_refuses_a_conv_output_used_twice():
+    model = _randomize_bn(_ConvBnShared())
+    with pytest.raises(HybridViTError, match="BatchNorm folding changed the outputs"):
+        fuse_bn(model, torch.randn(1, 3, 8, 8))
+
+
 class _Fcn(nn.Module):
     """Fully convolutional: any H/W works."""
 
