@@ -79,11 +79,27 @@ def test_fsla_clustering_is_the_same_in_onnxruntime(tmp_path):
     """FSLA's median cut is discontinuous: with the clustering in float32, onnxruntime's rounding put
     near-tie tokens into the other group on 9 of 20 such inputs (BOAT-Swin-T stage-1 sizes)."""
     x = torch.randn(12, 3136, 32, generator=torch.Generator().manual_seed(0))
-    program = torch.onnx.export(_Clustering(), (x,), dynamo=True, optimize=False, verbose=False, report=False)
+    program = torch.onnx.export(_Clustering().eval(), (x,), dynamo=True, optimize=False, verbose=False, report=False)
     program.save(str(tmp_path / "clustering.onnx"))
     for seed in range(8):
         x = torch.randn(12, 3136, 32, generator=torch.Generator().manual_seed(seed))
         np.testing.assert_array_equal(_ort_run(tmp_path / "clustering.onnx", x), _Clustering()(x).numpy())
+
+
+class _EagerCutsElsewhere(nn.Module):
+    """Orders its 64 pixels by clustering; eager clusters another key than the exported graph does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).transpose(1, 2)  # [B, 64, 3]
+        key = tokens if torch.compiler.is_exporting() else tokens.roll(1, dims=1)  # token i gets i-1's key
+        perm, _ = balanced_hierarchical_clustering(key, levels=2)
+        return tokens.gather(1, perm.unsqueeze(-1).expand(-1, -1, 3)).flatten(1)
+
+
+def test_onnx_check_replays_the_graphs_cuts_and_notes_the_unreplayed_error(tmp_path):
+    result = export_model("cuts", "onnx", out=tmp_path / "c.onnx", res=8, model=_EagerCutsElsewhere())
+    assert result.max_error < 1e-6  # with the graph's cluster orders, eager computes the same
+    assert len(result.notes) == 1 and "FSLA cluster orders replayed in eager; without them max error" in result.notes[0]
 
 
 @pytest.mark.parametrize("name", MODELS)
