@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 
 
-_replayed_orders: list[torch.Tensor] | None = None  # set only inside `replay_cuts`
+_replayed_orders: ContextVar[list[torch.Tensor] | None] = ContextVar("replayed_orders", default=None)
 
 
 @contextmanager
@@ -31,26 +32,26 @@ def replay_cuts(orders: Iterable[torch.Tensor]) -> Iterator[None]:
     instead of sorting its own keys.
 
     Export checks use this to give eager the cuts that onnxruntime made. Comparing outputs is only
-    meaningful when both sides cut the same way. Not thread-safe; for verification only.
+    meaningful when both sides cut the same way. Per thread (a context variable); for verification only.
     """
-    global _replayed_orders
     queue = list(orders)
-    _replayed_orders = queue
+    token = _replayed_orders.set(queue)
     try:
         yield
     finally:
-        _replayed_orders = None
+        _replayed_orders.reset(token)
     if queue:
         raise RuntimeError(f"{len(queue)} replayed cluster orders were left unused")
 
 
 def _sort_order(key: torch.Tensor) -> torch.Tensor:
     """Ascending order of `key` [g, n] along n, or the next replayed order (see `replay_cuts`)."""
-    if _replayed_orders is None:
+    queue = _replayed_orders.get()
+    if queue is None:
         return key.argsort(dim=-1)
-    if not _replayed_orders:
+    if not queue:
         raise RuntimeError("the model made more clustering cuts than were replayed")
-    return _replayed_orders.pop(0).to(key.device).view_as(key)
+    return queue.pop(0).to(key.device).view_as(key)
 
 
 def cluster_levels(num_tokens: int, group_size: int) -> int | None:
