@@ -80,6 +80,18 @@ def _readable(path: Path, full: bool) -> bool:
         return False
 
 
+def digits_split_indices(split: str) -> np.ndarray:
+    """Indices of scikit-learn's digits in the fixed stratified `split` ("train" or "val") every digits dataset uses."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    target = load_digits().target
+    train_idx, val_idx = train_test_split(
+        np.arange(len(target)), test_size=DIGITS_VAL_FRACTION, random_state=0, stratify=target
+    )
+    return train_idx if split == "train" else val_idx
+
+
 class DigitsDataset(Dataset):
     """scikit-learn's 1,797 handwritten digits (8x8, 16 grey levels), upsampled to RGB images; a fixed split.
 
@@ -91,14 +103,10 @@ class DigitsDataset(Dataset):
 
     def __init__(self, split: str, size: int = DIGITS_SIZE) -> None:
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         digits = load_digits()
         pixels = (digits.images * (255.0 / 16.0)).astype(np.uint8)
-        train_idx, val_idx = train_test_split(
-            np.arange(len(pixels)), test_size=DIGITS_VAL_FRACTION, random_state=0, stratify=digits.target
-        )
-        indices = train_idx if split == "train" else val_idx
+        indices = digits_split_indices(split)
         self.images = [Image.fromarray(pixels[i]).resize((size, size), Image.BICUBIC).convert("RGB") for i in indices]
         self.targets = [int(digits.target[i]) for i in indices]
         self.skipped: list[str] = []
