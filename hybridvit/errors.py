@@ -27,3 +27,11 @@ class RecipeError(HybridViTError):
 
 class TrainingDivergedError(HybridViTError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class UnknownHeadError(HybridViTError):
+    """A dense-prediction head name that is not defined."""
+
+
+class UnsupportedBackboneError(HybridViTError):
+    """A backbone without the feature strides a dense-prediction head needs."""

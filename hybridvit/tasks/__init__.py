@@ -1,6 +1,18 @@
-"""Dense-prediction heads around hybridvit backbones: RetinaNet detection, DeepLabv3 segmentation."""
+"""Dense-prediction heads around hybridvit backbones: detectors (SSDLite, RetinaNet, Mask R-CNN), DeepLabv3."""
 from .backbone import FPNBackbone, create_feature_extractor
-from .detection import create_retinanet
+from .detection import DETECTION_HEADS, create_detector
+from .maskrcnn import create_maskrcnn
+from .retinanet import create_retinanet
 from .segmentation import DeepLabV3
+from .ssdlite import create_ssdlite
 
-__all__ = ["DeepLabV3", "FPNBackbone", "create_feature_extractor", "create_retinanet"]
+__all__ = [
+    "DETECTION_HEADS",
+    "DeepLabV3",
+    "FPNBackbone",
+    "create_detector",
+    "create_feature_extractor",
+    "create_maskrcnn",
+    "create_retinanet",
+    "create_ssdlite",
+]

@@ -1,44 +1,35 @@
-"""Object detection: torchvision RetinaNet on a hybridvit backbone with an FPN.
+"""Object detection: the papers' detectors around any registered backbone, behind `create_detector`.
 
-The papers use SSDLite (MobileViT, MoCoViT) or Mask R-CNN / RetinaNet (BOAT, CeiT); RetinaNet is the
-one head here, chosen because torchvision ships it complete (losses, anchors, post-processing).
+Which paper uses which head: MobileViT SSDLite (§4.2), XFormer YOLOv3, MoCoViT RetinaNet and
+Mask R-CNN; BOAT evaluates with UperNet segmentation (see the segmentation heads). Every detector is
+torchvision-style: `model(images, targets)` returns a loss dict in training, `model(images)` a list of
+`{boxes, labels, scores}` in eval; images are float [3, H, W] in 0..1, normalised with the backbone's
+pretrained-cfg mean/std and resized inside the detector; boxes are xyxy input pixels; labels 1..K.
 """
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 
-from timm.models import get_pretrained_cfg
-from torchvision.models.detection import RetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+import torch.nn as nn
 
-from .backbone import FPNBackbone, create_feature_extractor
+from ..errors import UnknownHeadError
+from .maskrcnn import create_maskrcnn
+from .retinanet import create_retinanet
+from .ssdlite import create_ssdlite
+
+DETECTION_HEADS: dict[str, Callable[..., nn.Module]] = {
+    "ssdlite": create_ssdlite,
+    "retinanet": create_retinanet,
+    "maskrcnn": create_maskrcnn,
+}
 
 
-def create_retinanet(
-    model_name: str,
-    num_classes: int,
-    image_size: int = 320,
-    fpn_channels: int = 128,
-    pretrained_path: str | os.PathLike | None = None,
-    **detector_kwargs,
-) -> RetinaNet:
-    """RetinaNet with `model_name` as backbone; images are resized to `image_size` (the SSDLite size)."""
-    backbone = FPNBackbone(create_feature_extractor(model_name, pretrained_path=pretrained_path), fpn_channels)
-    # Three backbone levels + P6, P7; anchors of 4x the level's stride at 3 scales (RetinaNet §4).
-    strides = backbone.body.feature_info.reduction()
-    strides += [strides[-1] * 2, strides[-1] * 4]
-    anchors = AnchorGenerator(
-        tuple(tuple(round(4 * s * 2 ** (k / 3)) for k in range(3)) for s in strides),
-        ((0.5, 1.0, 2.0),) * len(strides),
-    )
-    preprocessing = get_pretrained_cfg(model_name)
-    return RetinaNet(
-        backbone,
-        num_classes,
-        min_size=image_size,
-        max_size=image_size,
-        image_mean=list(preprocessing.mean),
-        image_std=list(preprocessing.std),
-        anchor_generator=anchors,
-        **detector_kwargs,
-    )
+def create_detector(head: str, backbone: str, num_classes: int, **kwargs) -> nn.Module:
+    """Detector `head` around the registered model `backbone`, for `num_classes` foreground classes (80 for COCO).
+
+    `kwargs` go to the head's builder, e.g. `image_size`, `pretrained_path` (backbone classification
+    weights), or the torchvision detector's post-processing thresholds.
+    """
+    if head not in DETECTION_HEADS:
+        raise UnknownHeadError(f"unknown detection head '{head}'; choose one of {', '.join(DETECTION_HEADS)}")
+    return DETECTION_HEADS[head](backbone, num_classes, **kwargs)
