@@ -11,7 +11,7 @@ import timm
 import torch
 
 from . import models
-from .checkpoint import load_weights, read_state_dict, save_weights
+from .checkpoint import load_pretrained, load_weights, read_state_dict, save_weights
 from .errors import CheckpointError, HybridViTError, InputShapeError, UnknownModelError
 from .models import check_model_name, list_models, paper_entry
 
@@ -45,6 +45,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "load_pretrained",
     "paper_entry",
     "read_state_dict",
     "save_weights",

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -52,18 +54,112 @@ def load_weights(
     state = read_state_dict(path)
     if converter is not None:
         state = converter(state)
+    _load_checked(model, state, path, strict)
+
+
+def _load_checked(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, strict: bool,
+    may_miss: Collection[str] = (), note: str = "",
+) -> None:
+    """`load_state_dict`, after a check that names what does not fit; keys in `may_miss` keep the model's values."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and k not in may_miss]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [k for k in own if k in state and state[k].shape != own[k].shape]
     if wrong_shape or (strict and (missing or unexpected)):
-        name = getattr(getattr(model, "pretrained_cfg", {}), "get", lambda *_: None)("architecture")
         raise CheckpointError(
-            f"checkpoint {path} does not fit model {name or type(model).__name__}: "
+            f"checkpoint {path}{note} does not fit model {_model_name(model)}: "
             f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected keys "
             f"(e.g. {unexpected[:2]}), {len(wrong_shape)} shape mismatches (e.g. {wrong_shape[:2]})"
         )
-    model.load_state_dict(state, strict=strict)
+    model.load_state_dict(state, strict=strict and not may_miss)
+
+
+def _model_name(model: torch.nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None)
+    return (cfg.get("architecture") if isinstance(cfg, Mapping) else None) or type(model).__name__
+
+
+# The weights `hybridvit train` keeps in a run directory (engine/checkpointing.py: BEST_WEIGHTS, RUN_INFO).
+RUN_WEIGHTS = "best.safetensors"
+RUN_INFO = "run.json"
+KNOWN_LAYOUTS = "hybridvit/timm, ml-cvnets MobileViT, official CeiT, pytorch-boat Swin/CSWin, timm GhostNet"
+
+
+@dataclass
+class InitReport:
+    """What `load_pretrained` did: the file read and whether the classifier was replaced."""
+
+    path: Path
+    head_classes: tuple[int, int] | None = None  # (checkpoint's, model's) class counts when the head is new
+    trained_model: str | None = None  # the model named in the run directory's run.json, if any
+
+    def summary(self) -> str:
+        origin = f" ({self.trained_model} run)" if self.trained_model else ""
+        if self.head_classes is None:
+            return f"initialised from {self.path}{origin}: every weight loaded, classifier included"
+        old, new = self.head_classes
+        if new == 0:
+            head = f"its {old}-class classifier left out (the model has none)"
+        else:
+            head = f"new {new}-class classifier head (" + (f"the checkpoint's has {old})" if old else "the checkpoint has none)")
+        return f"initialised from {self.path}{origin}: every weight loaded except the classifier, {head}"
+
+
+def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> InitReport:
+    """Initialise `model` from weights for fine-tuning, or as a detection/segmentation backbone.
+
+    `path` is a weights file in any layout `hybridvit.convert` knows (ours = timm's MobileViT/GhostNet,
+    ml-cvnets MobileViT, official CeiT, pytorch-boat BOAT-Swin/CSWin; nested `model`/`state_dict`/EMA
+    entries and `module.` prefixes are unwrapped), or a `hybridvit train` output directory (its
+    best weights). Size-dependent tensors follow the model: CeiT's `pos_embed` is resampled to the
+    model's token grid as the official fine-tuning code does (create the model at the new size, or
+    call `set_input_size` first). The classifier (`model.get_classifier()`) is kept when its shapes
+    match and replaced by the model's own fresh one when the class count differs or the checkpoint has
+    none; every other tensor must be present with the right shape, else a one-line CheckpointError.
+    `--resume` is different: it restores a whole run (optimizer, schedule, RNG), not just weights.
+    """
+    from .convert import convert_state_dict
+
+    path = Path(path)
+    trained = None
+    if path.is_dir():
+        info = path / RUN_INFO
+        if not info.is_file():
+            raise CheckpointError(f"{path} is a directory without {RUN_INFO}: not a hybridvit training output directory")
+        trained = json.loads(info.read_text()).get("model")
+        path = path / RUN_WEIGHTS
+    state = convert_state_dict(model, read_state_dict(path))
+    head_keys, head_prefix = _classifier_keys(model)
+    own = model.state_dict()
+    in_ckpt = [k for k in state if head_prefix and k.startswith(head_prefix)]
+    head_fits = bool(head_keys) and set(in_ckpt) == head_keys and all(state[k].shape == own[k].shape for k in head_keys)
+    report = InitReport(path, trained_model=trained)
+    if not head_fits and (in_ckpt or head_keys):
+        weight = state.get(f"{head_prefix}weight")
+        report.head_classes = (weight.shape[0] if weight is not None else 0, getattr(model, "num_classes", 0))
+        state = {k: v for k, v in state.items() if k not in in_ckpt}
+    note = f" ({trained} run)" if trained else ""
+    if not (set(own) - head_keys) & set(state):
+        raise CheckpointError(
+            f"checkpoint {path}{note} shares no weights with model {_model_name(model)}; layouts hybridvit reads: "
+            f"{KNOWN_LAYOUTS}"
+        )
+    _load_checked(model, state, path, strict=True, may_miss=head_keys if report.head_classes else (), note=note)
+    return report
+
+
+def _classifier_keys(model: torch.nn.Module) -> tuple[set[str], str]:
+    """State-dict keys of `model.get_classifier()` and their prefix (e.g. 'head.fc.'); empty without one."""
+    get = getattr(model, "get_classifier", None)
+    classifier = get() if callable(get) else None
+    if classifier is None:
+        return set(), ""
+    for name, module in model.named_modules():
+        if module is classifier:
+            prefix = f"{name}."
+            return {prefix + k for k in classifier.state_dict()}, prefix
+    return set(), ""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:

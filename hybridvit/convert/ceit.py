@@ -16,6 +16,16 @@ def is_ceit_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
     return "pos_layer_embed" in state_dict or "i2t.backbone.conv.weight" in state_dict
 
 
+def resample_pos_embed(posemb: torch.Tensor, new_grid: list[int], old_grid: list[int]) -> torch.Tensor:
+    """`pos_embed` [1, 1 + h*w, D] resampled to `new_grid`, class row kept: the official resize.
+
+    coeusguo/ceit main.py (`--finetune`, DeiT's code) uses plain bicubic `F.interpolate`
+    (align_corners=False, no antialias). timm's `resample_abs_pos_embed` defaults to antialias=True,
+    whose bicubic kernel differs (a = -0.5 against -0.75): 0.37 max-abs apart on a 14->24 upsample.
+    """
+    return resample_abs_pos_embed(posemb, new_grid, old_grid, num_prefix_tokens=1, antialias=False)
+
+
 def ceit_resize_pos_embed(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Return `state_dict` with `pos_embed` bicubically resampled to `model.pos_embed`'s grid (class row kept).
 
@@ -27,7 +37,5 @@ def ceit_resize_pos_embed(state_dict: dict[str, torch.Tensor], model: torch.nn.M
     if posemb is None or target is None or posemb.shape == target.shape:
         return out
     side = math.isqrt(posemb.shape[1] - 1)
-    out["pos_embed"] = resample_abs_pos_embed(
-        posemb, new_size=list(model.grid_size), old_size=[side, side], num_prefix_tokens=1
-    )
+    out["pos_embed"] = resample_pos_embed(posemb, list(model.grid_size), [side, side])
     return out

@@ -17,11 +17,11 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, resample_abs_pos_embed, to_2tuple
+from timm.layers import DropPath, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
-from ..convert.ceit import ceit_resize_pos_embed
+from ..convert.ceit import ceit_resize_pos_embed, resample_pos_embed
 from ..errors import InputShapeError
 from ..layers.attention import MultiHeadSelfAttention
 from ..layers.i2t import ImageToTokens
@@ -170,7 +170,7 @@ class CeiT(nn.Module):
         self._check_size(*img_size)
         grid = self.i2t.grid_size(img_size)
         with torch.no_grad():
-            posemb = resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid_size), num_prefix_tokens=1)
+            posemb = resample_pos_embed(self.pos_embed, list(grid), list(self.grid_size))
         self.pos_embed = nn.Parameter(posemb)
         self.img_size, self.grid_size = img_size, grid
 
@@ -188,7 +188,7 @@ class CeiT(nn.Module):
         x = self.i2t(x)
         grid = (x.shape[-2], x.shape[-1])
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x.flatten(2).transpose(1, 2)), dim=1)
-        pos_embed = resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid_size), num_prefix_tokens=1)
+        pos_embed = resample_pos_embed(self.pos_embed, list(grid), list(self.grid_size))
         return self.pos_drop(x + pos_embed), grid
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,150 @@
+"""Fine-tuning: `load_pretrained` for every converter layout, CeiT's 384 position embedding, `train --init`."""
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import hybridvit
+from hybridvit.checkpoint import load_pretrained
+from hybridvit.errors import CheckpointError
+from hybridvit.models.boat import BoatConfig, BoatTransformer
+
+# Small BOAT variants with the reference block structure (FSLA in every stage), built in a second.
+BOAT_SMALL = {
+    "swin": (BoatConfig("swin", 8, (2, 2, 2, 1), (1, 2, 4, 8), 0.1, window_size=2, group_size=4, overlap=2), 32),
+    "cswin": (BoatConfig("cswin", 8, (1, 1, 1, 1), (2, 2, 4, 8), 0.1, (1, 2, 2, 2), group_size=4, overlap=2), 64),
+}
+
+
+def _assert_loaded(model, source: dict[str, torch.Tensor], rename=lambda k: k, skip=()):
+    """Every tensor of `source` (under our name `rename(key)`) is in `model`, except `skip` prefixes."""
+    own = model.state_dict()
+    checked = 0
+    for key, value in source.items():
+        ours = rename(key)
+        if ours is None or ours.startswith(skip):
+            continue
+        assert torch.equal(own[ours], value), ours
+        checked += 1
+    assert checked > 0.9 * len(own)
+
+
+def test_timm_mobilevit_with_new_head(tmp_path):
+    src = timm.create_model("mobilevit_xxs").state_dict()
+    torch.save(src, tmp_path / "timm.pth")
+    model = hybridvit.create_model("hv_mobilevit_xxs", num_classes=5)
+    fresh_head = model.head.fc.weight.clone()
+    report = load_pretrained(model, tmp_path / "timm.pth")
+    assert report.head_classes == (1000, 5)
+    assert "new 5-class classifier head (the checkpoint's has 1000)" in report.summary()
+    _assert_loaded(model, src, skip=("head.",))
+    assert torch.equal(model.head.fc.weight, fresh_head)  # the model's own initialisation is kept
+
+
+def test_cvnets_mobilevit(tmp_path):
+    from test_mobilevit import _to_cvnets  # spec §5's names, written independently of the converter
+
+    ours = hybridvit.create_model("hv_mobilevit_xxs").state_dict()
+    cvnets = {_to_cvnets(k, depths=(2, 4, 3)): v for k, v in ours.items()}
+    torch.save({"state_dict": cvnets}, tmp_path / "cvnets.pt")
+    model = hybridvit.create_model("hv_mobilevit_xxs", num_classes=10)
+    assert load_pretrained(model, tmp_path / "cvnets.pt").head_classes == (1000, 10)
+    # The converter flips the stem from BGR to RGB; everything else is the tensor we saved.
+    assert torch.equal(model.stem.conv.weight, ours["stem.conv.weight"].flip(1))
+    _assert_loaded(model, ours, skip=("head.", "stem.conv.weight"))
+
+
+def test_timm_ghostnet(tmp_path):
+    src = timm.create_model("ghostnet_100").state_dict()
+    torch.save(src, tmp_path / "ghostnet.pth")
+    model = hybridvit.create_model("hv_ghostnet_100")
+    assert load_pretrained(model, tmp_path / "ghostnet.pth").head_classes is None  # 1000 classes both
+    _assert_loaded(model, src)
+
+
+def _boat_reference(isla: str, ours: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], callable]:
+    """Our BOAT state dict in pytorch-boat's names (written from its model files), and the way back."""
+    if isla == "swin":  # Microsoft Swin: patch merging at the end of stage i, plain `head`
+        def to_ref(k):
+            k = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", k)
+            return k.replace("head.fc.", "head.")
+    else:  # CSWin: stage1_conv_embed, stage{s}.{j}, merge{s}
+        def to_ref(k):
+            k = k.replace("stem.proj.", "stage1_conv_embed.0.").replace("stem.norm.", "stage1_conv_embed.2.")
+            k = re.sub(r"^stages\.(\d)\.blocks\.", lambda m: f"stage{int(m.group(1)) + 1}.", k)
+            k = re.sub(r"^stages\.(\d)\.downsample\.proj\.", r"merge\1.conv.", k)
+            k = re.sub(r"^stages\.(\d)\.downsample\.norm\.", r"merge\1.norm.", k)
+            return k.replace("head.fc.", "head.")
+    ref = {to_ref(k): v for k, v in ours.items()}
+    back = {to_ref(k): k for k in ours}
+    return ref, back.get
+
+
+@pytest.mark.parametrize("isla", sorted(BOAT_SMALL))
+def test_boat_reference(tmp_path, isla):
+    cfg, size = BOAT_SMALL[isla]
+    ours = BoatTransformer(cfg, img_size=size).state_dict()
+    ref, back = _boat_reference(isla, ours)
+    if isla == "swin":  # the reference also saves its recomputed buffers
+        ref["layers.0.blocks.1.attn_mask"] = torch.zeros(4, 4, 4)
+        ref["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(4, 4, dtype=torch.long)
+    torch.save({"model": ref}, tmp_path / "boat.pth")
+    model = BoatTransformer(cfg, img_size=size, num_classes=7)
+    assert load_pretrained(model, tmp_path / "boat.pth").head_classes == (1000, 7)
+    _assert_loaded(model, {k: v for k, v in ref.items() if back(k)}, rename=back, skip=("head.",))
+
+
+def _official_resize(pos_embed: torch.Tensor, new_side: int) -> torch.Tensor:
+    """The position-embedding interpolation of coeusguo/ceit main.py `--finetune` (DeiT's), re-typed here."""
+    extra, tokens = pos_embed[:, :1], pos_embed[:, 1:]
+    side, dim = int(tokens.shape[1] ** 0.5), tokens.shape[2]
+    tokens = tokens.reshape(-1, side, side, dim).permute(0, 3, 1, 2)
+    tokens = F.interpolate(tokens, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    return torch.cat((extra, tokens.permute(0, 2, 3, 1).flatten(1, 2)), dim=1)
+
+
+def test_official_ceit_224_checkpoint_into_384(tmp_path):
+    src = hybridvit.create_model("ceit_tiny_patch16_224")
+    with torch.no_grad():
+        src.pos_embed.normal_()  # a non-smooth embedding, where interpolation kernels differ most
+    # The official main.py (DeiT's) saves these entries, `args` being an argparse.Namespace.
+    torch.save({"model": src.state_dict(), "epoch": 299, "args": argparse.Namespace(lr=1e-3)}, tmp_path / "t224.pth")
+    model = hybridvit.create_model("ceit_tiny_patch16_384", num_classes=5)
+    assert load_pretrained(model, tmp_path / "t224.pth").head_classes == (1000, 5)
+    expected = _official_resize(src.pos_embed.detach(), 24)
+    assert model.pos_embed.shape == (1, 577, 192)
+    torch.testing.assert_close(model.pos_embed.detach(), expected, rtol=0, atol=1e-6)
+    # `set_input_size` (a 224 model moved to 384) gives the same embedding.
+    resized = hybridvit.create_model("ceit_tiny_patch16_224")
+    resized.load_state_dict(src.state_dict())
+    resized.set_input_size(384)
+    torch.testing.assert_close(resized.pos_embed.detach(), expected, rtol=0, atol=1e-6)
+    _assert_loaded(model, src.state_dict(), skip=("head.", "pos_embed"))
+
+
+def test_foreign_and_mismatched_checkpoints_are_one_line_errors(tmp_path):
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "resnet.pth")
+    model = hybridvit.create_model("hv_mobilevit_xxs", num_classes=5)
+    with pytest.raises(CheckpointError, match=r"shares no weights with model hv_mobilevit_xxs; layouts hybridvit reads"):
+        load_pretrained(model, tmp_path / "resnet.pth")
+    hybridvit.save_weights(hybridvit.create_model("hv_mobilevit_xs"), tmp_path / "xs.safetensors")
+    with pytest.raises(CheckpointError, match=r"does not fit model hv_mobilevit_xxs: .* shape mismatches") as err:
+        load_pretrained(model, tmp_path / "xs.safetensors")
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match="not a hybridvit training output directory"):
+        load_pretrained(model, tmp_path)
+
+
+def test_backbone_without_classifier(tmp_path):
+    """A dense task's backbone (`num_classes=0`) drops the checkpoint's classifier and loads the rest strictly."""
+    src = hybridvit.create_model("hv_mobilevit_xxs", num_classes=10)
+    hybridvit.save_weights(src, tmp_path / "w.safetensors")
+    model = hybridvit.create_model("hv_mobilevit_xxs", num_classes=0)
+    report = load_pretrained(model, tmp_path / "w.safetensors")
+    assert report.head_classes == (10, 0) and "10-class classifier left out" in report.summary()
+    _assert_loaded(model, src.state_dict(), skip=("head.",))
