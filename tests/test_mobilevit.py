@@ -42,6 +42,19 @@ def test_logits_equal_timm_with_converted_weights(variant):
             torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_dilated_output_stride_equals_timm(output_stride):
+    # timm's own MobileViT takes output_stride (byobnet's dilation rule); ours must compute the same.
+    ref = timm.create_model("mobilevit_xxs", output_stride=output_stride).eval()
+    ours = hybridvit.create_model("hv_mobilevit_xxs", output_stride=output_stride).eval()
+    ours.load_state_dict(hybridvit.convert.mobilevit_from_timm(ref.state_dict()))
+    x = torch.randn(2, 3, 96, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), atol=1e-5, rtol=0)
+    features = timm.create_model("hv_mobilevit_xxs", output_stride=output_stride, features_only=True)
+    assert features.feature_info.reduction() == [min(r, output_stride) for r in (2, 4, 8, 16, 32)]
+
+
 def test_macs_match_analytic_count():
     # spec §2 [calc]: conv+linear 0.329/0.909/1.823 G, + attention matmuls 0.407/1.026/2.001 G.
     for variant, (without, total) in zip(VARIANTS, [(0.329, 0.407), (0.909, 1.026), (1.823, 2.001)]):

@@ -198,3 +198,19 @@ def test_adamw_steps_lower_the_loss():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_dilated_output_stride_keeps_weights_and_early_stages(output_stride: int):
+    # Dilation changes no parameter: the stride-32 weights load, and stages before the dilated ones agree.
+    plain = timm.create_model("xformer_xxs", features_only=True).eval()
+    dilated = timm.create_model("xformer_xxs", features_only=True, output_stride=output_stride).eval()
+    dilated.load_state_dict(plain.state_dict())
+    assert dilated.feature_info.reduction() == [min(r, output_stride) for r in (2, 4, 8, 16, 32)]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ours, ref = dilated(x), plain(x)
+    kept = 3 if output_stride == 16 else 2
+    for a, b in zip(ours[:kept + 1], ref[:kept + 1]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert ours[-1].shape[-2:] == (64 // output_stride, 96 // output_stride)

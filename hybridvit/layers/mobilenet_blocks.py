@@ -11,7 +11,7 @@ class MV2Block(nn.Module):
 
     1x1 expand + BN + act, 3x3 depthwise (stride s) + BN + act, optional squeeze-excitation,
     1x1 project + BN (linear output); residual only when stride is 1 and channels are unchanged.
-    Module names follow timm.
+    `dilation` dilates the depthwise conv (dilated backbones for segmentation). Module names follow timm.
     """
 
     def __init__(
@@ -22,12 +22,15 @@ class MV2Block(nn.Module):
         expansion: float = 4.0,
         act_layer: type[nn.Module] = nn.SiLU,
         se_ratio: float = 0.0,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         mid_chs = make_divisible(round(in_chs * expansion), 8)
         self.has_residual = stride == 1 and in_chs == out_chs
         self.conv1_1x1 = ConvNormAct(in_chs, mid_chs, 1, act_layer=act_layer)
-        self.conv2_kxk = ConvNormAct(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, act_layer=act_layer)
+        self.conv2_kxk = ConvNormAct(
+            mid_chs, mid_chs, 3, stride=stride, dilation=dilation, groups=mid_chs, act_layer=act_layer
+        )
         self.se = SEModule(mid_chs, rd_ratio=se_ratio, act_layer=act_layer) if se_ratio else nn.Identity()
         self.conv3_1x1 = ConvNormAct(mid_chs, out_chs, 1, apply_act=False)
 
@@ -52,5 +55,6 @@ class MV3Block(MV2Block):
         expansion: float = 4.0,
         se_ratio: float = 0.25,
         act_layer: type[nn.Module] = nn.SiLU,
+        dilation: int = 1,
     ) -> None:
-        super().__init__(in_chs, out_chs, stride, expansion, act_layer, se_ratio)
+        super().__init__(in_chs, out_chs, stride, expansion, act_layer, se_ratio, dilation)

@@ -17,6 +17,8 @@ class MobileViTBlock(nn.Module):
     """n x n conv + 1x1 projection to `transformer_dim` (local representation), unfold into patches,
     the given transformer layers + LayerNorm (global representation), fold, 1x1 projection back,
     concat with the input and an n x n fusion conv. Module names follow timm.
+
+    `dilation` dilates the local n x n conv only, as timm's `MobileVitBlock` does in a dilated stage.
     """
 
     def __init__(
@@ -26,10 +28,11 @@ class MobileViTBlock(nn.Module):
         transformer_layers: Sequence[nn.Module],
         patch_size: int = 2,
         kernel_size: int = 3,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.conv_kxk = ConvNormAct(channels, channels, kernel_size, act_layer=nn.SiLU)
+        self.conv_kxk = ConvNormAct(channels, channels, kernel_size, dilation=dilation, act_layer=nn.SiLU)
         self.conv_1x1 = nn.Conv2d(channels, transformer_dim, 1, bias=False)
         self.transformer = nn.Sequential(*transformer_layers)
         self.norm = nn.LayerNorm(transformer_dim)

@@ -5,6 +5,9 @@ Layout and numbers follow paper Table 4 and App. A, checked against ml-cvnets an
 ml-cvnets checkpoints load through `hybridvit.convert.mobilevit_from_cvnets`.
 Registered as `hv_mobilevit_*`: timm already owns `mobilevit_*`.
 
+`output_stride=16 | 8` (timm's argument) dilates the last stage(s) instead of striding (for
+segmentation, MobileViT §4.3 / ml-cvnets `output_stride: 16`).
+
 Input size: any H, W >= 32. Feature maps whose side is not a multiple of the 2x2 patch are
 bilinearly resized around the transformer, as the reference does (e.g. 224 -> 7x7 -> 8x8 -> 7x7).
 """
@@ -51,6 +54,7 @@ class MobileViT(ClassifierHeadMixin, nn.Module):
         num_heads: int = 4,
         mlp_ratio: float = 2.0,
         patch_size: int = 2,
+        output_stride: int = 32,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -59,7 +63,8 @@ class MobileViT(ClassifierHeadMixin, nn.Module):
         self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
 
         global_blocks = [
-            MobileViTBlock(
+            partial(
+                MobileViTBlock,
                 chs,
                 dim,
                 [
@@ -71,7 +76,7 @@ class MobileViT(ClassifierHeadMixin, nn.Module):
             for chs, dim, depth in zip(cfg.channels[2:], cfg.transformer_dims, cfg.depths)
         ]
         self.stages, self.feature_info = mobilevit_layout_stages(
-            cfg.stem_chs, cfg.channels, partial(MV2Block, expansion=cfg.mv2_expansion), global_blocks
+            cfg.stem_chs, cfg.channels, partial(MV2Block, expansion=cfg.mv2_expansion), global_blocks, output_stride
         )
         self.final_conv = ConvNormAct(cfg.channels[-1], cfg.num_features, 1, act_layer=nn.SiLU)
         self.head = ClassifierHead(cfg.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)

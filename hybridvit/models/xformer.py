@@ -6,6 +6,8 @@ Layout: MobileViT-S's Table-4 layout with MV2 -> MV3 and MHSA -> XFA, the readin
 Table 1 description in shared/specs/xformer.md §3 (embed dims 144/192/240, QKV dim 96, MLP ratios
 2/2/3, MV3 expansion 4 with SE, SiLU except GELU in the MLPs); it gives the paper's 5.5M params.
 
+`output_stride=16 | 8` dilates the last stage(s) as in MobileViT (dense heads).
+
 Input size: any H, W; feature maps whose side is not a multiple of the 2x2 patch are bilinearly
 resized around the transformer, as in MobileViT.
 """
@@ -39,6 +41,7 @@ def xf_block(
     patch_size: int = 2,
     drop: float = 0.0,
     drop_path: float = 0.0,
+    dilation: int = 1,
 ) -> MobileViTBlock:
     """XF block (§3.2): MobileViT's local conv, 2x2 unfold, L XF layers + LN, fold, 1x1 projection, fusion.
 
@@ -52,7 +55,7 @@ def xf_block(
         )
         for _ in range(depth)
     ]
-    return MobileViTBlock(channels, embed_dim, layers, patch_size)
+    return MobileViTBlock(channels, embed_dim, layers, patch_size, dilation=dilation)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class XFormer(ClassifierHeadMixin, nn.Module):
         drop_rate: float = 0.1,
         drop_path_rate: float = 0.0,
         patch_size: int = 2,
+        output_stride: int = 32,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -91,11 +95,11 @@ class XFormer(ClassifierHeadMixin, nn.Module):
         self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
 
         global_blocks = [
-            xf_block(chs, dim, depth, cfg.qkv_dim, ratio, cfg.heads, patch_size, cfg.dropout, drop_path_rate)
+            partial(xf_block, chs, dim, depth, cfg.qkv_dim, ratio, cfg.heads, patch_size, cfg.dropout, drop_path_rate)
             for chs, dim, depth, ratio in zip(cfg.channels[2:], cfg.embed_dims, cfg.depths, cfg.mlp_ratios)
         ]
         self.stages, self.feature_info = mobilevit_layout_stages(
-            cfg.stem_chs, cfg.channels, partial(MV3Block, expansion=cfg.mv3_expansion), global_blocks
+            cfg.stem_chs, cfg.channels, partial(MV3Block, expansion=cfg.mv3_expansion), global_blocks, output_stride
         )
         self.final_conv = ConvNormAct(cfg.channels[-1], cfg.num_features, 1, act_layer=nn.SiLU)
         self.head = ClassifierHead(cfg.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
