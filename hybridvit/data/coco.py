@@ -203,8 +203,9 @@ def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torc
 def find_coco_split(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
     """(annotation json, image folder) of `split` in a COCO tree.
 
-    Accepts `annotations/instances_<split>*.json` with images in `<tag>/`, `images/<tag>/` or
-    `images/`, where `<tag>` is the json name after `instances_` (`train2017`, `val`).
+    Accepts `annotations/instances_<split>*.json` with images in `<tag>/`, `images/<tag>/`,
+    `<split>/`, `images/<split>/` or `images/`, where `<tag>` is the json name after `instances_`
+    (`train2017`, `val`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -214,7 +215,8 @@ def find_coco_split(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
         raise DataError(f"{root} has no annotations/instances_{split}*.json (expected a COCO layout)")
     ann_file = found[0]
     tag = ann_file.stem.removeprefix("instances_")
-    for image_dir in (root / tag, root / "images" / tag, root / "images"):
-        if image_dir.is_dir():
-            return ann_file, image_dir
-    raise DataError(f"{root} has no image folder for {ann_file.name} (looked for {tag}/, images/{tag}/, images/)")
+    candidates = dict.fromkeys((tag, f"images/{tag}", split, f"images/{split}", "images"))
+    for name in candidates:
+        if (root / name).is_dir():
+            return ann_file, root / name
+    raise DataError(f"{root} has no image folder for {ann_file.name} (looked for {', '.join(f'{n}/' for n in candidates)})")
