@@ -53,9 +53,35 @@ def test_ssdlite_default_boxes_equal_cvnets():
     torch.testing.assert_close(boxes, expected_xyxy, atol=1e-3, rtol=0)
 
 
+def test_yolov3_xformer_params_near_paper():
+    # XFormer abstract: YOLOv3 with XFormer 6.3M params. We get 6.238M: backbone up to stride 32
+    # without its final 1x1 conv (4.730M, as mmdetection's MobileNetV2 out_indices (2, 4, 6)),
+    # YOLOV3Neck 160/128/96 -> 96 x3 (1.184M), head (0.324M).
+    with torch.device("meta"):
+        detector = create_detector("yolov3", "xformer_s", num_classes=80)
+    assert _num_params(detector) == 6_237_695
+    assert abs(_num_params(detector) / 1e6 - 6.3) < 0.1
+
+
+def test_yolov3_assigns_the_matching_anchor_in_the_centre_cell():
+    detector = create_detector("yolov3", "hv_mobilevit_xxs", num_classes=3)  # 320 anchors
+    sizes = [(10, 10), (20, 20), (40, 40)]  # a 320x320 input at strides 32 / 16 / 8
+    anchors, strides, cells = detector.grid_anchors(sizes)
+    assert len(anchors) == 3 * (100 + 400 + 1600)
+    # A ground truth equal to the stride-16 anchor (102, 96) centred in cell (x=5, y=7).
+    cx, cy = 5.5 * 16, 7.5 * 16
+    gt = torch.tensor([[cx - 51, cy - 48, cx + 51, cy + 48]])
+    assigned = detector.assign(anchors, strides, cells, sizes, gt)
+    expected = 300 + (7 * 20 + 5) * 3 + 1
+    assert assigned[expected] == 1 and (assigned == 1).sum() == 1
+    assert (assigned == -1).sum() > 0 and (assigned == 0).sum() > len(anchors) // 2  # ignored and negatives
+    torch.testing.assert_close(anchors[expected], gt[0])
+
+
 HEAD_KWARGS = {
     "ssdlite": {"image_size": 128},
     "retinanet": {"image_size": 96, "fpn_channels": 32, "score_thresh": 0.0},  # untrained focal scores ~0.01
+    "yolov3": {"image_size": 128, "score_thresh": 0.0},  # untrained: objectness x class prior ~2e-4
     # fewer sampled RoIs and detections: the 4x256-channel mask head on 512 RoIs dominates CPU time
     "maskrcnn": {
         "image_size": 96, "fpn_channels": 32, "box_batch_size_per_image": 32, "box_detections_per_img": 10,

@@ -16,11 +16,13 @@ from ..errors import UnknownHeadError
 from .maskrcnn import create_maskrcnn
 from .retinanet import create_retinanet
 from .ssdlite import create_ssdlite
+from .yolov3 import create_yolov3
 
 DETECTION_HEADS: dict[str, Callable[..., nn.Module]] = {
     "ssdlite": create_ssdlite,
     "retinanet": create_retinanet,
     "maskrcnn": create_maskrcnn,
+    "yolov3": create_yolov3,
 }
 
 
