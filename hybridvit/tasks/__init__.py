@@ -1,21 +1,24 @@
-"""Dense-prediction heads around hybridvit backbones: detectors (SSDLite, RetinaNet, YOLOv3, Mask R-CNN), DeepLabv3."""
+"""Dense-prediction heads around hybridvit backbones: detectors (SSDLite, RetinaNet, YOLOv3, Mask R-CNN), segmenters
+(DeepLabv3, all-MLP, UperNet)."""
 from .backbone import FPNBackbone, create_feature_extractor
 from .detection import DETECTION_HEADS, create_detector
 from .maskrcnn import create_maskrcnn
 from .retinanet import create_retinanet
-from .segmentation import DeepLabV3
+from .segmentation import SEGMENTATION_HEADS, Segmenter, create_segmenter
 from .ssdlite import create_ssdlite
 from .yolov3 import YOLOv3, create_yolov3
 
 __all__ = [
     "DETECTION_HEADS",
-    "DeepLabV3",
+    "SEGMENTATION_HEADS",
+    "Segmenter",
     "YOLOv3",
     "FPNBackbone",
     "create_detector",
     "create_feature_extractor",
     "create_maskrcnn",
     "create_retinanet",
+    "create_segmenter",
     "create_ssdlite",
     "create_yolov3",
 ]
