@@ -2,8 +2,10 @@
 and the GhostNet they are built from (Han et al., CVPR 2020, arXiv 1911.11907, Table 1).
 
 MoCoViT = GhostNet-1.0x layout whose last stage (four 160/960 Ghost bottlenecks at 1/32) is replaced
-by four Mobile Transformer Blocks (§3.3, Fig. 2; reconstruction in shared/specs/mocovit.md §4, which
-matches the paper's 147M FLOPs). MoCoViT-D replaces the ReLUs inside the Ghost modules by DY-ReLU-B.
+by four Mobile Transformer Blocks (§3.3, Fig. 2; layout from shared/specs/mocovit.md §4). Each MTB keeps
+the SE choice of the bottleneck it replaces (GhostNet's 0, 0.25, 0, 0.25), which gives the paper's
+5.3M params and 147M FLOPs (docs/mocovit.md, "Which reading"). MoCoViT-D replaces the ReLUs inside
+the Ghost modules by DY-ReLU-B.
 With `num_mtb=0` the model is GhostNet itself, registered as `hv_ghostnet_100` (timm owns
 `ghostnet_100`); module names equal timm's, so timm GhostNet weights load unchanged.
 
@@ -35,10 +37,12 @@ class MTB(nn.Module):
     layers/ because it is this family's block; MoSA and MoFFN are the shared parts.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, num_heads: int = 1, act_layer: ActFactory = relu) -> None:
+    def __init__(
+        self, dim: int, hidden_dim: int, num_heads: int = 1, se_ratio: float = 0.25, act_layer: ActFactory = relu
+    ) -> None:
         super().__init__()
         self.mosa = MoSA(dim, num_heads)
-        self.moffn = MoFFN(dim, hidden_dim, act_layer=act_layer)
+        self.moffn = MoFFN(dim, hidden_dim, se_ratio, act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.mosa(x)
@@ -86,7 +90,7 @@ GHOSTNET_STAGES: tuple[tuple[GhostRow, ...], ...] = (
         GhostRow(3, 672, 112, 0.25, 1),
     ),
     (GhostRow(5, 672, 160, 0.25, 2),),
-    (  # the stage MoCoViT replaces by MTBs of the same width and expansion (160 / 960)
+    (  # the stage MoCoViT replaces by MTBs of the same width, expansion and SE choice (160 / 960)
         GhostRow(5, 960, 160, 0, 1),
         GhostRow(5, 960, 160, 0.25, 1),
         GhostRow(5, 960, 160, 0, 1),
@@ -101,6 +105,9 @@ class MoCoViTConfig:
 
     width: float = 1.0  # channel multiplier on every width except the 1280-d head, rounded to x4
     num_mtb: int = 4  # MTBs that replace GhostNet's last stage; 0 = plain GhostNet
+    # SE ratio of each MTB's MoFFN; None: that of the GhostNet bottleneck it replaces (0, 0.25, 0, 0.25).
+    # (0.25,) * 4, SE in every MoFFN, is the spec's first reading (6.22M params at 1.0x, not the paper's).
+    mtb_se_ratios: tuple[float, ...] | None = None
     num_heads: int = 1  # MoSA heads (Fig. 2 draws no head split)
     dynamic_relu: bool = False  # MoCoViT-D: DY-ReLU-B instead of ReLU in the Ghost modules
     stem_chs: int = 16
@@ -147,8 +154,12 @@ class MoCoViT(nn.Module):
             stages.append(nn.Sequential(*blocks))
             stage_info.append((prev, reduction))
         if cfg.num_mtb:
-            hidden = chs(GHOSTNET_STAGES[-1][0].exp)
-            stages.append(nn.Sequential(*[MTB(prev, hidden, cfg.num_heads, act) for _ in range(cfg.num_mtb)]))
+            replaced = GHOSTNET_STAGES[-1]
+            se_ratios = cfg.mtb_se_ratios or [replaced[i % len(replaced)].se_ratio for i in range(cfg.num_mtb)]
+            if len(se_ratios) != cfg.num_mtb:
+                raise ValueError(f"mtb_se_ratios has {len(se_ratios)} entries for {cfg.num_mtb} MTBs")
+            hidden = chs(replaced[0].exp)
+            stages.append(nn.Sequential(*[MTB(prev, hidden, cfg.num_heads, se, act) for se in se_ratios]))
             stage_info.append((prev, reduction))
         # Features at the last stage of each resolution (timm's GhostNet takes them right after each
         # stride-2 block instead), so the 1/32 feature is the MTBs' output.
@@ -220,7 +231,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> MoCoViT:
     return build(MoCoViT, variant, pretrained, cfg=MODEL_CFGS[variant], **kwargs)
 
 
-_ABSTRACT = "MoCoViT abstract (arXiv 2205.12635): 147M FLOPs; paper tables not readable"
+_PAPER = "MoCoViT-1.0: 5.3M params, 147M FLOPs, 74.5% (paper table as quoted by EMOv2, arXiv 2412.06674, Table VII)"
 _OURS = "not in the readable paper text; width from spec mocovit.md §4"
 
 
@@ -239,7 +250,7 @@ def mocovit_075(pretrained: bool = False, **kwargs) -> MoCoViT:
     return _create("mocovit_075", pretrained, **kwargs)
 
 
-@register(PaperEntry("mocovit", 224, top1=74.5, source=_ABSTRACT))
+@register(PaperEntry("mocovit", 224, params_m=5.3, top1=74.5, source=_PAPER))
 def mocovit_100(pretrained: bool = False, **kwargs) -> MoCoViT:
     return _create("mocovit_100", pretrained, **kwargs)
 
