@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 
 # Keys under which training scripts nest the weights, most specific first.
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -23,6 +24,10 @@ _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 def read_state_dict(path: str | os.PathLike, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors or a torch file; unwrap common nesting and `module.` prefixes."""
     path = Path(path)
+    if path.is_dir() and (path / "run.json").is_file():  # a training output directory: its best, else last weights
+        from .engine.checkpointing import run_weights
+
+        path = run_weights(path, "best") if run_weights(path, "best").is_file() else run_weights(path, "last")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -33,7 +38,7 @@ def read_state_dict(path: str | os.PathLike, prefer_ema: bool = True) -> dict[st
             with torch.serialization.safe_globals([argparse.Namespace]):
                 state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt or not a weights file ({err})") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt or not a weights file ({one_line(err)})") from None
     if not isinstance(state, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     keys = _NESTED_KEYS if prefer_ema else _NESTED_KEYS[2:]
@@ -162,15 +167,76 @@ def _classifier_keys(model: torch.nn.Module) -> tuple[set[str], str]:
     return set(), ""
 
 
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, without ANSI colour codes, at most `limit` characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new file in `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: str | os.PathLike, write: Callable[[str], None], shown: str | os.PathLike | None = None) -> None:
+    """Call `write(path)`, then fsync the file and give it the usual permissions (0666 less the umask).
+
+    An I/O failure (a full disk, a read-only directory) becomes an OutputError naming `shown` (default `path`).
+    """
+    shown = shown or path
+    try:
+        write(str(path))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(path, 0o666 & ~_umask())
+    except OSError as err:
+        raise OutputError(f"cannot write {shown}: {_reason(err)}") from None
+    except (RuntimeError, SafetensorError) as err:  # torch.save and safetensors wrap I/O errors (ENOSPC, EFBIG)
+        raise OutputError(f"cannot write {shown}: {one_line(err)}") from None
+
+
+def _reason(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else one_line(err)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` then rename onto `path`, so a crash never leaves a half-written file."""
+    """Call `write(tmp_path)`, fsync, then rename onto `path`: a crash never leaves a half-written file.
+
+    A failed write leaves `path` as it was and removes the temporary file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {_reason(err)}") from None
     os.close(fd)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        write_synced(tmp, write, shown=path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            raise OutputError(f"cannot write {path}: {_reason(err)}") from None
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -35,3 +35,7 @@ class UnknownHeadError(HybridViTError):
 
 class UnsupportedBackboneError(HybridViTError):
     """A backbone without the feature strides a dense-prediction head needs."""
+
+
+class OutputError(HybridViTError):
+    """An output path that cannot be written: read-only, a full disk, a file where a folder is needed."""

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from hybridvit.cli import main
 from hybridvit.data.datasets import DigitsDataset
+from hybridvit.engine.checkpointing import latest_dir
 from hybridvit.engine.recipes import RECIPES, get_recipe
 from hybridvit.engine.train import TrainConfig, Trainer, build_optimizer
 from hybridvit.errors import RecipeError, TrainingDivergedError
@@ -30,6 +31,11 @@ def _train(out, *extra):
     return main([*MAIN_JOB, str(out), *QUICK, *extra])
 
 
+def _committed(out, name="last.safetensors"):
+    """A file of the committed checkpoint set of run directory `out`."""
+    return latest_dir(Path(out)) / name
+
+
 def test_main_job_short(tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(out, "--epochs", "2") == 0
@@ -41,7 +47,7 @@ def test_main_job_short(tmp_path, capsys):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     info = json.loads((out / "run.json").read_text())
     assert info["model"] == MODEL and info["classes"] == [str(d) for d in range(10)] and info["img_size"] == 32
-    assert set(load_file(out / "best.safetensors")) == set(load_file(out / "last.safetensors"))
+    assert set(load_file(out / "best.safetensors")) == set(load_file(_committed(out)))
 
     image, label = DigitsDataset("val")[0]
     image.save(tmp_path / "digit.png")
@@ -60,16 +66,16 @@ def test_resume_is_exact(tmp_path):
     flags = ["--recipe", "mobilevit", "--img-size", "32", "--scales", "24,40"]
     assert _train(tmp_path / "once", *flags, "--max-steps", "4") == 0
     assert _train(tmp_path / "twice", *flags, "--max-steps", "2") == 0
-    state = torch.load(tmp_path / "twice/state.pt", weights_only=True)
+    state = torch.load(_committed(tmp_path / "twice", "state.pt"), weights_only=True)
     assert (state["global_step"], state["step_in_epoch"]) == (2, 2)
-    halfway = load_file(tmp_path / "twice/last.safetensors")
+    halfway = load_file(_committed(tmp_path / "twice"))
     assert _train(tmp_path / "twice", *flags, "--max-steps", "4", "--resume") == 0
     for name in ("last.safetensors", "last_ema.safetensors"):
-        once, twice = load_file(tmp_path / "once" / name), load_file(tmp_path / "twice" / name)
+        once, twice = load_file(_committed(tmp_path / "once", name)), load_file(_committed(tmp_path / "twice", name))
         assert once.keys() == twice.keys()
         for key in once:
             assert torch.equal(once[key], twice[key]), key
-    final = load_file(tmp_path / "once/last.safetensors")
+    final = load_file(_committed(tmp_path / "once"))
     assert any(not torch.equal(final[k], v) for k, v in halfway.items())  # steps 3-4 did change the weights
 
 
@@ -83,7 +89,7 @@ def test_torchrun_two_processes(tmp_path):
     assert proc.stdout.count("done: 1 epochs") == 1  # only rank 0 reports
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2
-    state = torch.load(out / "state.pt", weights_only=True)
+    state = torch.load(_committed(out, "state.pt"), weights_only=True)
     assert len(state["rng"]) == 2 and state["global_step"] == 1  # 24 images per rank, batch 16
     row = next(csv.DictReader((out / "metrics.csv").open()))
     assert float(row["val_top1"]) >= 0 and int(row["step"]) == 1
@@ -133,13 +139,13 @@ def test_warmup_then_cosine(tmp_path):
 
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
     assert _train(tmp_path, "--max-steps", "1") == 0
-    kept = (tmp_path / "last.safetensors").read_bytes()
+    kept = _committed(tmp_path).read_bytes()
     trainer = Trainer(TrainConfig(MODEL, output=str(tmp_path), resume=True, limit=48, batch_size=16, progress=False))
     trainer.criterion = lambda logits, target: logits.sum() * float("nan")
     with pytest.raises(TrainingDivergedError, match=r"loss is nan at step 2 .*last good checkpoint in .* is kept"):
         trainer.run()
-    assert (tmp_path / "last.safetensors").read_bytes() == kept
-    assert torch.load(tmp_path / "state.pt", weights_only=True)["global_step"] == 1
+    assert _committed(tmp_path).read_bytes() == kept
+    assert torch.load(_committed(tmp_path, "state.pt"), weights_only=True)["global_step"] == 1
 
 
 def test_errors_one_line_exit_2(tmp_path, capsys):
@@ -159,7 +165,7 @@ def test_errors_one_line_exit_2(tmp_path, capsys):
     assert f"was trained for model {MODEL}, not {other}" in run("eval", "--checkpoint", str(out), "--model", other)
     assert f"holds a {MODEL} run, not {other}" in run("train", "--model", other, "--output", str(out), "--resume")
     lone = tmp_path / "lone.safetensors"  # a weights file without run.json beside it
-    lone.write_bytes((out / "last.safetensors").read_bytes())
+    lone.write_bytes(_committed(out).read_bytes())
     assert "does not fit model" in run("predict", "--checkpoint", str(lone), "--model", other, "x.png")
     assert "not a hybridvit training output directory" in run(
         "train", "--model", MODEL, "--output", str(tmp_path / "none"), "--resume"

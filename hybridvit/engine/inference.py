@@ -13,8 +13,6 @@ from ..data.datasets import open_rgb
 from ..errors import CheckpointError, DataError
 from . import checkpointing as ckpt
 
-WEIGHT_CHOICES = {"best": ckpt.BEST_WEIGHTS, "last": ckpt.WEIGHTS, "ema": ckpt.EMA_WEIGHTS}
-
 
 @dataclass
 class TrainedModel:
@@ -31,7 +29,7 @@ def load_trained(checkpoint: str, model_name: str | None = None, weights: str = 
     path = Path(checkpoint)
     if path.is_dir():
         info = ckpt.read_run_info(path)
-        file = path / WEIGHT_CHOICES[weights]
+        file = ckpt.run_weights(path, weights)
     elif path.is_file():
         info_path = path.parent / ckpt.RUN_INFO
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+
+from ..checkpoint import atomic_write
 
 METRICS = "metrics.csv"
 CURVES = "curves.png"
@@ -10,13 +13,21 @@ FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_to
 
 
 class MetricsLogger:
-    """Appends one row per epoch to `metrics.csv` (kept across resumes) and mirrors it to TensorBoard."""
+    """Appends one row per epoch to `metrics.csv` and mirrors it to TensorBoard.
 
-    def __init__(self, directory: Path, resume: bool) -> None:
+    A new run starts the file afresh; a resumed one (`epochs_done` = the checkpoint's epoch) keeps the
+    complete rows up to that epoch and drops later or torn ones, which a kill after the row was
+    appended but before its checkpoint committed leaves behind.
+    """
+
+    def __init__(self, directory: Path, epochs_done: int | None = None) -> None:
         self.path = directory / METRICS
-        if not resume or not self.path.is_file():
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(FIELDS)
+        rows = _complete_rows(self.path, epochs_done) if epochs_done is not None and self.path.is_file() else []
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(FIELDS)
+        writer.writerows(rows)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text.getvalue()))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -35,6 +46,20 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _complete_rows(path: Path, epochs_done: int) -> list[list[str]]:
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    kept = []
+    for row in rows:
+        try:
+            values = [float(v) for v in row]
+        except ValueError:  # a row torn by a kill
+            continue
+        if len(values) == len(FIELDS) and values[0] <= epochs_done:
+            kept.append(row)
+    return kept
 
 
 def read_metrics(directory: Path) -> list[dict[str, float]]:

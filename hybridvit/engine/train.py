@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from timm.data import Mixup, create_transform, resolve_data_config
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -27,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..checkpoint import one_line
 from ..errors import CheckpointError, DataError, TrainingDivergedError
 from ..data.datasets import TransformedDataset, build_datasets
 from ..data.sampler import MultiScaleBatchSampler, ScheduledTransformDataset, multi_scale_resolutions
@@ -225,33 +225,47 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Weights first, then the state that names their step; every rank's RNG goes in (collective call)."""
+        """Commit weights, EMA weights and state as one checkpoint set; every rank's RNG goes in (collective call)."""
         rng = all_gather_objects(ckpt.capture_rng(), self.info)
         if self.info.is_main:
-            ckpt.save_tagged_weights(self.model.state_dict(), self.out / ckpt.WEIGHTS, self.global_step)
+            writers = {ckpt.WEIGHTS: ckpt.tagged_weights_writer(self.model.state_dict(), self.global_step)}
             if self.ema is not None:
-                ckpt.save_tagged_weights(self.ema.module.state_dict(), self.out / ckpt.EMA_WEIGHTS, self.global_step)
-            ckpt.save_state(self.out, {
+                writers[ckpt.EMA_WEIGHTS] = ckpt.tagged_weights_writer(self.ema.module.state_dict(), self.global_step)
+            writers[ckpt.STATE] = ckpt.state_writer({
                 "model": self.cfg.model, "global_step": self.global_step, "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "best_top1": self.best_top1, "running": self.running,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.info.world_size,
             })
+            ckpt.commit_checkpoint(self.out, self.global_step, writers)
         barrier(self.info)
 
     def load(self) -> None:
-        state = ckpt.load_state(self.out)
-        self.model.load_state_dict(load_file(str(self.out / ckpt.WEIGHTS)))
+        """Restore the committed checkpoint set (the one `checkpoints/LATEST` names)."""
+        state, folder = ckpt.load_state(self.out)
+        self._load_weights(self.model, folder / ckpt.WEIGHTS)
         if self.ema is not None:
-            self.ema.module.load_state_dict(load_file(str(self.out / ckpt.EMA_WEIGHTS)))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+            self._load_weights(self.ema.module, folder / ckpt.EMA_WEIGHTS)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"checkpoint {folder} does not fit this run's optimizer: {one_line(err)}") from None
         self.global_step, self.epoch = state["global_step"], state["epoch"]
         self.step_in_epoch, self.best_top1 = state["step_in_epoch"], state["best_top1"]
         self.running = state["running"]
         rng = state["rng"]
         ckpt.restore_rng(rng[self.info.rank % len(rng)])
+        if self.info.is_main:  # what a crash during the last save left behind
+            ckpt.remove_stale(self.out, keep=folder)
+
+    @staticmethod
+    def _load_weights(module: torch.nn.Module, path: Path) -> None:
+        try:
+            module.load_state_dict(ckpt.load_weights_file(path))
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {one_line(err)}") from None
 
     # ------------------------------------------------------------------ loop
     def train_steps(self) -> bool:
@@ -278,7 +292,7 @@ class Trainer:
             ])
             stats = all_reduce_sum(stats, self.info).cpu()
             if not torch.isfinite(stats[0]):
-                kept = f"the last good checkpoint in {self.out} is kept" if (self.out / ckpt.STATE).is_file() else "no checkpoint was written yet"
+                kept = f"the last good checkpoint in {self.out} is kept" if ckpt.latest_dir(self.out) else "no checkpoint was written yet"
                 raise TrainingDivergedError(
                     f"loss is {stats[0].item() / stats[2].item()} at step {self.global_step + 1} "
                     f"(epoch {self.epoch + 1}); training stopped, {kept}"
@@ -310,7 +324,7 @@ class Trainer:
         elif self.info.is_main:
             ckpt.write_json(self.out / ckpt.RUN_INFO, self.run_info())
         self.scheduler.step_update(self.global_step)
-        logger = MetricsLogger(self.out, resume=self.cfg.resume) if self.info.is_main else None
+        logger = MetricsLogger(self.out, epochs_done=self.epoch if self.cfg.resume else None) if self.info.is_main else None
         start = time.perf_counter()
         val: dict[str, float] = {}
         try:
