@@ -152,7 +152,7 @@ def state_writer(state: dict[str, Any]) -> Callable[[str], None]:
 
 
 # Keys every state.pt has; a state without them was not written by this trainer.
-STATE_KEYS = ("global_step", "epoch", "step_in_epoch", "best_top1", "running", "optimizer", "scheduler", "scaler", "rng")
+STATE_KEYS = ("global_step", "epoch", "step_in_epoch", "best_score", "running", "optimizer", "scheduler", "scaler", "rng")
 
 
 def load_state(directory: Path) -> tuple[dict[str, Any], Path]:

@@ -15,7 +15,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, Trainer
 
     cfg = TrainConfig(
-        model=args.model, data=args.data, recipe=args.recipe, output=args.output, epochs=args.epochs,
+        model=args.model, data=args.data, recipe=args.recipe, task=args.task, head=args.head,
+        backbone_checkpoint=args.backbone_checkpoint, output=args.output, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, multi_scale=args.multi_scale,
         scales=args.scales or (), batch_rule=args.batch_rule, warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay,
         amp=args.amp, resume=args.resume, max_steps=args.max_steps, seed=args.seed, workers=args.workers,
@@ -29,11 +30,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not trainer.info.is_main:
         return
     val = summary["val"]
-    result = f"val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% on {val['count']} images" if val else "no epoch finished"
-    print(f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']:.1f}s; {result}; "
-          f"best top-1 {max(summary['best_top1'], 0):.2f}%")
+    if cfg.task == "classification":
+        result = f"val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% on {val['count']} images" if val else "no epoch finished"
+        best = f"best top-1 {max(summary['best'], 0):.2f}%"
+        skipped = "unreadable image(s)"
+    else:
+        result = (f"val AP {val['AP']:.3f} AP50 {val['AP50']:.3f} AP75 {val['AP75']:.3f} on {val['count']} images"
+                  if val else "no epoch finished")
+        best = f"best {summary['primary']} {max(summary['best'], 0):.3f}"
+        skipped = "invalid annotation(s) or missing image(s)"
+    print(f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']:.1f}s; {result}; {best}")
     if summary["skipped"]:
-        print(f"skipped {len(summary['skipped'])} unreadable image(s), e.g. {summary['skipped'][0]}")
+        print(f"skipped {len(summary['skipped'])} {skipped}, e.g. {summary['skipped'][0]}")
     print(f"outputs in {summary['output']}")
 
 
@@ -69,8 +77,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(f"  {100 * prob:6.2f}%  {name}")
 
 
+def _task_options(p: argparse.ArgumentParser) -> None:
+    from ..tasks import DETECTION_HEADS
+    from .tasks import TASKS
+
+    p.add_argument("--task", choices=tuple(TASKS), default="classification", help="what to train (default: classification)")
+    p.add_argument("--head", choices=tuple(DETECTION_HEADS), help="detection head (default: ssdlite)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="ImageFolder tree with train/ and val/ (default: embedded scikit-learn digits)")
+    p.add_argument("--data", help="classification: ImageFolder tree with train/ and val/ (default: embedded scikit-learn "
+                                  "digits); detection: COCO tree with annotations/instances_{train,val}*.json "
+                                  "(default: embedded digit scenes)")
     p.add_argument("--img-size", type=int, help="input resolution (default: the recipe's, else the model's)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--check-images", choices=("full", "header", "none"), default="full",
@@ -79,9 +97,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model (default: on the embedded digits, a few CPU minutes)")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model, or the detector's backbone")
     _common(p)
-    p.add_argument("--recipe", default="digits", help=f"training recipe: {', '.join(RECIPES)} (default: digits)")
+    _task_options(p)
+    p.add_argument("--backbone-checkpoint",
+                   help="detection: classification weights for the backbone (ours, a run directory, or any converter layout)")
+    p.add_argument("--recipe", help=f"training recipe: {', '.join(RECIPES)} (default: digits; detection: digit_scenes)")
     p.add_argument("--output", default="runs/train", help="output directory (checkpoints, metrics.csv, curves.png)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per process, at the base resolution")

@@ -9,23 +9,24 @@ from ..checkpoint import atomic_write
 
 METRICS = "metrics.csv"
 CURVES = "curves.png"
-FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "epoch_seconds")
 
 
 class MetricsLogger:
-    """Appends one row per epoch to `metrics.csv` and mirrors it to TensorBoard.
+    """Appends one row of `fields` per epoch to `metrics.csv` and mirrors it to TensorBoard.
 
+    `fields` start with epoch, step; the task's columns follow (engine/train.py `Trainer.metric_fields`).
     A new run starts the file afresh; a resumed one (`epochs_done` = the checkpoint's epoch) keeps the
     complete rows up to that epoch and drops later or torn ones, which a kill after the row was
     appended but before its checkpoint committed leaves behind.
     """
 
-    def __init__(self, directory: Path, epochs_done: int | None = None) -> None:
+    def __init__(self, directory: Path, fields: tuple[str, ...], epochs_done: int | None = None) -> None:
         self.path = directory / METRICS
-        rows = _complete_rows(self.path, epochs_done) if epochs_done is not None and self.path.is_file() else []
+        self.fields = fields
+        rows = _complete_rows(self.path, epochs_done, len(fields)) if epochs_done is not None and self.path.is_file() else []
         text = io.StringIO()
         writer = csv.writer(text)
-        writer.writerow(FIELDS)
+        writer.writerow(fields)
         writer.writerows(rows)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text.getvalue()))
         try:
@@ -37,9 +38,9 @@ class MetricsLogger:
 
     def log(self, row: dict[str, float]) -> None:
         with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([row[k] for k in FIELDS])
+            csv.writer(f).writerow([row[k] for k in self.fields])
         if self.writer is not None:
-            for key in FIELDS[2:]:
+            for key in self.fields[2:]:
                 self.writer.add_scalar(key, row[key], row["epoch"])
             self.writer.flush()
 
@@ -48,7 +49,7 @@ class MetricsLogger:
             self.writer.close()
 
 
-def _complete_rows(path: Path, epochs_done: int) -> list[list[str]]:
+def _complete_rows(path: Path, epochs_done: int, num_fields: int) -> list[list[str]]:
     with path.open(newline="") as f:
         rows = list(csv.reader(f))[1:]
     kept = []
@@ -57,7 +58,7 @@ def _complete_rows(path: Path, epochs_done: int) -> list[list[str]]:
             values = [float(v) for v in row]
         except ValueError:  # a row torn by a kill
             continue
-        if len(values) == len(FIELDS) and values[0] <= epochs_done:
+        if len(values) == num_fields and values[0] <= epochs_done:
             kept.append(row)
     return kept
 
@@ -67,8 +68,8 @@ def read_metrics(directory: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def plot_curves(directory: Path) -> Path:
-    """Loss and top-1 against epoch, from `metrics.csv`, to `curves.png`."""
+def plot_curves(directory: Path, metrics: tuple[str, ...] = ("top1",)) -> Path:
+    """Losses and the `metrics` (train_ and val_ columns where present) against epoch, from `metrics.csv`, to `curves.png`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,11 +79,16 @@ def plot_curves(directory: Path) -> Path:
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train (recipe's loss)")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="val (cross-entropy)")
+    if "val_loss" in rows[0]:
+        ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="val (cross-entropy)")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.plot(epochs, [r["train_top1"] for r in rows], label="train")
-    ax_acc.plot(epochs, [r["val_top1"] for r in rows], label="val")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy")
+    for metric in metrics:
+        for split in ("train", "val"):
+            if f"{split}_{metric}" in rows[0]:
+                label = split if len(metrics) == 1 else f"{split} {metric}"
+                ax_acc.plot(epochs, [r[f"{split}_{metric}"] for r in rows], label=label)
+    title = "accuracy" if metrics == ("top1",) else "validation"
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)" if metrics == ("top1",) else ", ".join(metrics), title=title)
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)

@@ -129,6 +129,14 @@ RECIPES: dict[str, Recipe] = {
         opt="momentum", weight_decay=2e-5, label_smoothing=0.1, img_size=224,
         auto_augment="rand-m9", re_prob=0.25, interpolation="bilinear", crop_pct=0.875,
     ),
+    "digit_scenes": Recipe(
+        name="digit_scenes",
+        source="ours: a few-minute CPU detection run on the embedded digit scenes (not from a paper)",
+        epochs=12, batch_size=16, ref_batch=16,
+        lr=1e-3, min_lr=1e-5, warmup_lr=1e-4, warmup_epochs=1,
+        weight_decay=0.01, label_smoothing=0.0, ema_decay=None,
+        hflip=0.0,  # mirrored digits are other glyphs
+    ),
 }
 
 

@@ -1,4 +1,7 @@
-"""The training loop: timm's optimizer, cosine schedule, transforms, mixup and EMA around any registered model.
+"""The one training loop of every task: timm's optimizer, cosine schedule and EMA around a task's model.
+
+The task object (`engine/tasks.py`: classification, detection, ...) supplies data, model, loss and
+evaluation; this loop supplies the rest, the same for every task.
 
 Exact resume: every source of randomness is either a private generator keyed on (seed, epoch)
 (sampler, schedule of resolutions) or saved in the checkpoint (torch, numpy and python RNGs of
@@ -9,6 +12,7 @@ worker processes do not.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -17,27 +21,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.data import Mixup, create_transform, resolve_data_config
-from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from ..checkpoint import one_line
-from ..errors import CheckpointError, DataError, TrainingDivergedError
-from ..data.datasets import TransformedDataset, build_datasets
-from ..data.sampler import MultiScaleBatchSampler, ScheduledTransformDataset, multi_scale_resolutions
+from ..errors import CheckpointError, TrainingDivergedError
 from . import checkpointing as ckpt
 from .distributed import all_gather_objects, all_reduce_sum, barrier, init_distributed, resolve_device
-from .evaluate import autocast, evaluate
+from .evaluate import autocast
 from .metrics import MetricsLogger, plot_curves, read_metrics
 from .recipes import Recipe, get_recipe
-
-# MobileViT's scales relative to its base crop: 160/256 .. 320/256 (spec mobilevit.md §4.2).
-MULTI_SCALE_RANGE = (0.625, 1.25)
+from .tasks import task_class
 
 
 @dataclass
@@ -45,8 +43,11 @@ class TrainConfig:
     """What `hybridvit train` accepts; None means "the recipe's value"."""
 
     model: str
-    data: str | None = None  # None: the embedded scikit-learn digits
-    recipe: str = "digits"
+    data: str | None = None  # None: the task's embedded default (scikit-learn digits, digit scenes)
+    recipe: str | None = None  # None: the task's default recipe
+    task: str = "classification"  # a name in engine/tasks.py TASKS
+    head: str | None = None  # detection head (None: ssdlite)
+    backbone_checkpoint: str | None = None  # classification weights for a detector's backbone (any converter layout)
     output: str = "runs/train"
     epochs: int | None = None
     batch_size: int | None = None  # per process, at the base resolution
@@ -69,8 +70,8 @@ class TrainConfig:
 
 
 def resolve_recipe(cfg: TrainConfig) -> Recipe:
-    """The named recipe with the command-line overrides applied."""
-    recipe = get_recipe(cfg.recipe)
+    """The named recipe (default: the task's) with the command-line overrides applied."""
+    recipe = get_recipe(cfg.recipe or task_class(cfg.task).default_recipe)
     overrides = {
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "img_size": cfg.img_size,
         "multi_scale": True if cfg.scales else cfg.multi_scale, "batch_rule": cfg.batch_rule,
@@ -82,16 +83,6 @@ def resolve_recipe(cfg: TrainConfig) -> Recipe:
     elif cfg.ema_decay is not None:
         overrides.update(ema_decay=cfg.ema_decay, eval_ema=True)
     return dataclasses.replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def training_resolutions(recipe: Recipe, base: int, scales: tuple[int, ...]) -> list[int]:
-    if scales:
-        return sorted(set(scales) | {base})
-    if not recipe.multi_scale:
-        return [base]
-    divisor = 32 if base >= 128 else 8
-    low, high = (round(base * r) for r in MULTI_SCALE_RANGE)
-    return multi_scale_resolutions(base, low, high, 5, divisor)
 
 
 def _seed_everything(seed: int) -> None:
@@ -113,13 +104,8 @@ def build_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float) -> torch.
     )
 
 
-def _loader(dataset: Dataset, seed: int, workers: int, **kwargs: Any) -> DataLoader:
-    # A private generator: creating an iterator must not draw from the global RNG (exact resume).
-    return DataLoader(dataset, num_workers=workers, generator=torch.Generator().manual_seed(seed), **kwargs)
-
-
 class Trainer:
-    """Builds model, data, optimizer and schedule from a TrainConfig, then `run()`s the epochs."""
+    """Builds the task's model and data, optimizer and schedule from a TrainConfig, then `run()`s the epochs."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -128,26 +114,21 @@ class Trainer:
         self.info = init_distributed(self.device)
         self.out = Path(cfg.output)
         if cfg.resume:
-            trained = ckpt.read_run_info(self.out)["model"]
+            info = ckpt.read_run_info(self.out)
+            trained, trained_task = info["model"], info.get("task", "classification")
             if trained != cfg.model:
                 raise CheckpointError(f"cannot resume: {self.out} holds a {trained} run, not {cfg.model}")
+            if trained_task != cfg.task:
+                raise CheckpointError(f"cannot resume: {self.out} holds a {trained_task} run, not {cfg.task}")
         _seed_everything(cfg.seed + self.info.rank)
+        self.task = task = task_class(cfg.task)(cfg, recipe, self.device, self.info)
 
-        self.data = build_datasets(cfg.data, cfg.check_images)
+        self.data = task.build_data()
         if cfg.limit:
             self.data.train, self.data.val = (_subset(d, cfg.limit) for d in (self.data.train, self.data.val))
-        num_classes = len(self.data.classes)
-        kwargs = {"drop_path_rate": recipe.drop_path} if recipe.drop_path else {}
-        from .. import create_model
-
-        model = create_model(cfg.model, num_classes=num_classes, **kwargs).to(self.device)
-        data_cfg = resolve_data_config({}, model=model)
-        self.img_size = recipe.img_size or data_cfg["input_size"][-1]
-        self.mean, self.std = data_cfg["mean"], data_cfg["std"]
-        self.crop_pct = recipe.crop_pct or data_cfg["crop_pct"]
-        self.resolutions = training_resolutions(recipe, self.img_size, cfg.scales)
-
-        self._build_loaders()
+        model = task.build_model(len(self.data.classes)).to(self.device)
+        self.train_loader, self.batch_sampler = task.train_loader(self.data.train)
+        self.val_loader = task.val_loader(self.data.val)
         world_batch = recipe.batch_size * self.info.world_size
         lr_scale = world_batch / recipe.ref_batch if recipe.scale_lr else 1.0
         self.lr = cfg.lr if cfg.lr is not None else recipe.lr * lr_scale
@@ -161,14 +142,7 @@ class Trainer:
         )
         self.amp = cfg.amp if cfg.amp is not None else recipe.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
-        self.mixup = (
-            Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing,
-                  num_classes=num_classes)
-            if recipe.mixup or recipe.cutmix else None
-        )
-        self.criterion = (
-            SoftTargetCrossEntropy() if self.mixup else torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-        )
+        self.criterion = task.criterion
         self.model = model
         self.ddp_model = (
             DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -177,50 +151,14 @@ class Trainer:
         # After the DDP wrap, which broadcasts rank 0's initial weights: every rank's EMA starts equal.
         self.ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
         self.epoch = self.step_in_epoch = self.global_step = 0
-        self.best_top1 = -1.0
-        self.running = torch.zeros(3, dtype=torch.float64)  # loss sum, top-1 hits, samples in this epoch
-
-    def _build_loaders(self) -> None:
-        recipe, info = self.recipe, self.info
-        train_tfms = [
-            create_transform(
-                r, is_training=True, scale=recipe.scale, hflip=recipe.hflip, color_jitter=recipe.color_jitter,
-                auto_augment=recipe.auto_augment, re_prob=recipe.re_prob, interpolation=recipe.interpolation,
-                mean=self.mean, std=self.std,
-            )
-            for r in self.resolutions
-        ]
-        try:
-            self.batch_sampler = MultiScaleBatchSampler(
-                len(self.data.train), self.resolutions, self.img_size, recipe.batch_size, recipe.batch_rule,
-                num_replicas=info.world_size, rank=info.rank, seed=self.cfg.seed,
-                even_batches=bool(recipe.mixup or recipe.cutmix),
-            )
-        except ValueError:
-            raise DataError(
-                f"{len(self.data.train)} training images split over {info.world_size} process(es) do not fill one "
-                f"batch of {recipe.batch_size}; lower --batch-size"
-            ) from None
-        self.train_loader = _loader(
-            ScheduledTransformDataset(self.data.train, train_tfms), self.cfg.seed + info.rank, self.cfg.workers,
-            batch_sampler=self.batch_sampler,
-        )
-        eval_interp = "bilinear" if recipe.interpolation == "random" else recipe.interpolation
-        val_tf = create_transform(
-            self.img_size, is_training=False, interpolation=eval_interp, crop_pct=self.crop_pct,
-            mean=self.mean, std=self.std,
-        )
-        val = TransformedDataset(self.data.val, val_tf)
-        shard = Subset(val, range(info.rank, len(val), info.world_size))  # disjoint, no padding
-        self.val_loader = _loader(shard, self.cfg.seed, self.cfg.workers, batch_size=2 * recipe.batch_size)
+        self.best_score = -math.inf  # of the task's primary validation metric
+        self.running: torch.Tensor | None = None  # the epoch's sums of the task's step stats
 
     # ------------------------------------------------------------------ checkpoints
     def run_info(self) -> dict[str, Any]:
         return {
-            "model": self.cfg.model, "num_classes": len(self.data.classes), "classes": self.data.classes,
-            "img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct,
-            "interpolation": "bilinear" if self.recipe.interpolation == "random" else self.recipe.interpolation,
-            "recipe": dataclasses.asdict(self.recipe), "data": self.data.source, "resolutions": self.resolutions,
+            "model": self.cfg.model, "task": self.task.name, "classes": self.data.classes, **self.task.run_info(),
+            "recipe": dataclasses.asdict(self.recipe), "data": self.data.source,
             "seed": self.cfg.seed, "world_size": self.info.world_size,
         }
 
@@ -233,7 +171,7 @@ class Trainer:
                 writers[ckpt.EMA_WEIGHTS] = ckpt.tagged_weights_writer(self.ema.module.state_dict(), self.global_step)
             writers[ckpt.STATE] = ckpt.state_writer({
                 "model": self.cfg.model, "global_step": self.global_step, "epoch": self.epoch,
-                "step_in_epoch": self.step_in_epoch, "best_top1": self.best_top1, "running": self.running,
+                "step_in_epoch": self.step_in_epoch, "best_score": self.best_score, "running": self.running,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.info.world_size,
             })
@@ -253,7 +191,7 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"checkpoint {folder} does not fit this run's optimizer: {one_line(err)}") from None
         self.global_step, self.epoch = state["global_step"], state["epoch"]
-        self.step_in_epoch, self.best_top1 = state["step_in_epoch"], state["best_top1"]
+        self.step_in_epoch, self.best_score = state["step_in_epoch"], state["best_score"]
         self.running = state["running"]
         rng = state["rng"]
         ckpt.restore_rng(rng[self.info.rank % len(rng)])
@@ -277,24 +215,14 @@ class Trainer:
             desc=f"epoch {self.epoch + 1}/{self.recipe.epochs}", disable=not (self.cfg.progress and self.info.is_main),
             leave=False, dynamic_ncols=True,
         )
-        for images, targets in bar:
-            images, targets = images.to(self.device), targets.to(self.device)
-            labels = targets
-            if self.mixup is not None:
-                images, targets = self.mixup(images, targets)
+        for batch in bar:
             with autocast(self.device, self.amp):
-                logits = self.ddp_model(images)
-                loss = self.criterion(logits, targets)
-            stats = torch.stack([
-                loss.detach().double() * len(labels),
-                (logits.detach().argmax(1) == labels).sum().double(),
-                torch.tensor(float(len(labels)), dtype=torch.float64, device=self.device),
-            ])
+                loss, stats, postfix = self.task.training_step(self.ddp_model, batch, self.criterion)
             stats = all_reduce_sum(stats, self.info).cpu()
             if not torch.isfinite(stats[0]):
                 kept = f"the last good checkpoint in {self.out} is kept" if ckpt.latest_dir(self.out) else "no checkpoint was written yet"
                 raise TrainingDivergedError(
-                    f"loss is {stats[0].item() / stats[2].item()} at step {self.global_step + 1} "
+                    f"loss is {stats[0].item() / stats[-1].item()} at step {self.global_step + 1} "
                     f"(epoch {self.epoch + 1}); training stopped, {kept}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -309,8 +237,8 @@ class Trainer:
             self.scheduler.step_update(self.global_step)
             if self.ema is not None:
                 self.ema.update(self.model, step=self.global_step)
-            self.running += stats
-            bar.set_postfix(loss=f"{self.running[0] / self.running[2]:.3f}", res=images.shape[-1], bs=len(labels))
+            self.running = stats if self.running is None else self.running + stats
+            bar.set_postfix(loss=f"{self.running[0] / self.running[-1]:.3f}", **postfix)
             if self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps:
                 break
         bar.close()
@@ -324,7 +252,8 @@ class Trainer:
         elif self.info.is_main:
             ckpt.write_json(self.out / ckpt.RUN_INFO, self.run_info())
         self.scheduler.step_update(self.global_step)
-        logger = MetricsLogger(self.out, epochs_done=self.epoch if self.cfg.resume else None) if self.info.is_main else None
+        logger = (MetricsLogger(self.out, self.metric_fields(), epochs_done=self.epoch if self.cfg.resume else None)
+                  if self.info.is_main else None)
         start = time.perf_counter()
         val: dict[str, float] = {}
         try:
@@ -341,39 +270,41 @@ class Trainer:
                 logger.close()
         summary = {
             "epochs": self.epoch, "steps": self.global_step, "seconds": time.perf_counter() - start,
-            "val": val, "best_top1": self.best_top1, "skipped": self.data.skipped, "output": str(self.out),
+            "val": val, "best": self.best_score, "primary": self.task.primary, "skipped": self.data.skipped,
+            "output": str(self.out),
         }
         if self.info.is_main and read_metrics(self.out):
-            summary["curves"] = str(plot_curves(self.out))
+            summary["curves"] = str(plot_curves(self.out, self.task.curve_metrics))
         return summary
+
+    def metric_fields(self) -> tuple[str, ...]:
+        """The columns of metrics.csv."""
+        return ("epoch", "step", "lr", *self.task.train_fields, *(f"val_{m}" for m in self.task.val_metrics), "epoch_seconds")
 
     def end_epoch(self, logger: MetricsLogger | None, seconds: float) -> dict[str, float]:
         eval_model = self.ema.module if self.ema is not None and self.recipe.eval_ema else self.model
-        val = evaluate(eval_model, self.val_loader, self.device, self.info, self.amp)
-        loss_sum, hits, count = self.running.tolist()
+        val = self.task.evaluate(eval_model, self.val_loader, self.amp)
         row = {
             "epoch": self.epoch + 1, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / count, "train_top1": 100 * hits / count, "val_loss": val["loss"],
-            "val_top1": val["top1"], "val_top5": val["top5"], "epoch_seconds": seconds,
+            **self.task.train_metrics(self.running), **{f"val_{m}": val[m] for m in self.task.val_metrics},
+            "epoch_seconds": seconds,
         }
         self.epoch += 1
         self.step_in_epoch = 0
-        self.running = torch.zeros(3, dtype=torch.float64)
-        is_best = val["top1"] > self.best_top1
-        self.best_top1 = max(self.best_top1, val["top1"])
+        self.running = None
+        score = val[self.task.primary]
+        is_best = score > self.best_score
+        self.best_score = max(self.best_score, score)
         if self.info.is_main:
             if is_best:
                 ckpt.save_tagged_weights(eval_model.state_dict(), self.out / ckpt.BEST_WEIGHTS, self.global_step)
             logger.log(row)
-            tqdm.write(
-                f"epoch {row['epoch']}/{self.recipe.epochs}: train loss {row['train_loss']:.4f} top-1 "
-                f"{row['train_top1']:.1f}% | val loss {val['loss']:.4f} top-1 {val['top1']:.2f}% "
-                f"top-5 {val['top5']:.2f}% | lr {row['lr']:.2e} | {seconds:.1f}s"
-            )
+            tqdm.write(f"epoch {row['epoch']}/{self.recipe.epochs}: {self.task.epoch_message(row)} | "
+                       f"lr {row['lr']:.2e} | {seconds:.1f}s")
         self.save()
         return val
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train `cfg.model`; see `hybridvit train --help`."""
+    """Train `cfg.model` for `cfg.task`; see `hybridvit train --help`."""
     return Trainer(cfg).run()
