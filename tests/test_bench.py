@@ -95,3 +95,16 @@ def test_bench_cli_unknown_model_is_one_line(capsys, tmp_path):
     assert main(["bench", "--out", str(tmp_path)]) == 2
     assert "no models to benchmark" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_times_detectors_beside_torchvision_ssdlite():
+    names = resolve_models(["hv_mobilevit_xxs"], peers=True, head="ssdlite")
+    assert names == ["hv_mobilevit_xxs", "ssdlite320_mobilenet_v3_large"]
+    rows = run_bench(names, BenchConfig(resolutions=(320,), warmup=0, rounds=1, memory=False, head="ssdlite"),
+                     log=lambda msg: None)
+    ours, peer = rows
+    assert (ours.model, ours.source) == ("ssdlite-hv_mobilevit_xxs", "hybridvit")
+    assert (peer.model, peer.source) == ("ssdlite320_mobilenet_v3_large", "torchvision")
+    assert ours.params_m == pytest.approx(1.755, abs=1e-3)  # SSDLite-MobileViT-XXS, 80 classes
+    assert peer.params_m == pytest.approx(3.440, abs=1e-3)  # torchvision's, 91 classes
+    assert ours.latency_ms > 0 and peer.latency_ms > 0 and ours.gmacs > 0.5

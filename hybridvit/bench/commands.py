@@ -9,12 +9,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .output import environment, rows_table, write_results
     from .runner import BenchConfig, resolve_models, run_bench
 
-    names = resolve_models(args.model, all_models=args.all, peers=args.peers)
+    names = resolve_models(args.model, all_models=args.all, peers=args.peers, head=args.head)
     if not names:
         raise HybridViTError("no models to benchmark: name some, or pass --all / --peers")
     cfg = BenchConfig(
         resolutions=args.res, batches=args.batch, warmup=args.warmup, rounds=args.rounds, device=args.device,
-        threads=args.threads, memory=not args.no_memory,
+        threads=args.threads, memory=not args.no_memory, head=args.head,
     )
     rows = run_bench(names, cfg, log=lambda msg: print(msg, flush=True))
     env = environment()
@@ -26,10 +26,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    from ..tasks.detection import DETECTION_HEADS
+
     p = subparsers.add_parser("bench", help="params, MACs, latency, throughput and memory vs resolution")
     p.add_argument("model", nargs="*", help="hybridvit or timm model names")
     p.add_argument("--all", action="store_true", help="every hybridvit model")
-    p.add_argument("--peers", action="store_true", help="add timm's nearest models (MobileViT, MobileNetV3, ...)")
+    p.add_argument("--peers", action="store_true",
+                   help="add timm's nearest models (MobileViT, MobileNetV3, ...); with --head, torchvision's SSDLite")
+    p.add_argument("--head", choices=sorted(DETECTION_HEADS),
+                   help="time detectors: this head (80 classes) around each model; --res 320 for SSDLite")
     p.add_argument("--res", type=int, nargs="+", default=[224, 256], help="input resolutions (default 224 256)")
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per model (default 3)")

@@ -2,6 +2,12 @@
 
 Models are hybridvit names or any timm name (the peers). All models of one run are measured in the
 same process, side by side (see `measure`), so their numbers can be compared with each other.
+
+With a detection head (`--head ssdlite`), each model is the backbone of that detector (80 COCO
+classes) and the peer is torchvision's `ssdlite320_mobilenet_v3_large`. Detectors are timed end to
+end on a batch of images (resize, normalise, network, box decoding, NMS), with random weights and the
+score threshold at `DETECTOR_SCORE_THRESH`: random weights would otherwise send thousands of boxes to
+NMS, a cost that depends on trained weights and would swamp the network's.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import torch
 
 from ..errors import UnknownModelError
 from ..models import list_models
-from .flops import MacCount, count_macs_at, count_params
+from .flops import MacCount, count_macs, count_macs_at, count_params
 from .measure import peak_memory_bytes, time_side_by_side
 
 # timm's nearest models to ours: MobileViT v1/v2, MobileNetV3, GhostNet, DeiT, Swin, EfficientNet.
@@ -29,6 +35,10 @@ PEERS: tuple[str, ...] = (
     "swin_tiny_patch4_window7_224",
     "efficientnet_b0",
 )
+
+# torchvision detectors to compare ours with: name -> builder name in torchvision.models.detection.
+DETECTION_PEERS: tuple[str, ...] = ("ssdlite320_mobilenet_v3_large",)
+DETECTOR_SCORE_THRESH = 0.5
 
 COLUMNS: tuple[str, ...] = (
     "model", "source", "res", "batch", "params_m", "gmacs", "gmacs_no_attn",
@@ -68,32 +78,60 @@ class BenchConfig:
     device: str = "cpu"
     threads: int | None = None  # None: keep torch's current setting
     memory: bool = True
+    head: str | None = None  # a detection head: time detectors with the models as backbones
 
 
-def resolve_models(names: Sequence[str], all_models: bool = False, peers: bool = False) -> list[str]:
+def resolve_models(
+    names: Sequence[str], all_models: bool = False, peers: bool = False, head: str | None = None
+) -> list[str]:
     """Names in order, without duplicates; raise UnknownModelError for a name neither we nor timm know."""
-    wanted = list(names) + (list_models() if all_models else []) + (list(PEERS) if peers else [])
+    peer_names = DETECTION_PEERS if head else PEERS
+    wanted = list(names) + (list_models() if all_models else []) + (list(peer_names) if peers else [])
     for name in wanted:
-        check_bench_name(name)
+        check_bench_name(name, head)
     return list(dict.fromkeys(wanted))
 
 
-def check_bench_name(name: str) -> None:
-    if name in list_models() or timm.is_model(name):
+def check_bench_name(name: str, head: str | None = None) -> None:
+    if name in list_models() or (head and name in DETECTION_PEERS) or (not head and timm.is_model(name)):
         return
     close = difflib.get_close_matches(name, list_models() + timm.list_models(), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; run `hybridvit models` or see timm.list_models()"
     raise UnknownModelError(f"unknown model '{name}' (neither a hybridvit nor a timm model){hint}")
 
 
-def _create(name: str) -> torch.nn.Module:
+class DetectorOnBatch(torch.nn.Module):
+    """A torchvision-style detector fed a batch tensor as the list of images it takes, for timing."""
+
+    def __init__(self, detector: torch.nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+        for module in (detector, getattr(detector, "roi_heads", None)):  # Mask R-CNN thresholds in its RoI heads
+            if module is not None and hasattr(module, "score_thresh"):
+                module.score_thresh = DETECTOR_SCORE_THRESH
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.detector(list(x))
+
+
+def _create(name: str, head: str | None = None) -> torch.nn.Module:
     # Random weights: speed and memory do not depend on them, and peers need no download.
-    return timm.create_model(name, pretrained=False).eval()
+    if head is None:
+        return timm.create_model(name, pretrained=False).eval()
+    if name in DETECTION_PEERS:
+        import torchvision.models.detection as tv_detection
+
+        return DetectorOnBatch(getattr(tv_detection, name)(weights=None, weights_backbone=None)).eval()
+    from ..tasks import create_detector
+
+    return DetectorOnBatch(create_detector(head, name, num_classes=80)).eval()
 
 
 def _macs_or_note(model: torch.nn.Module, res: int) -> MacCount | str:
     """MACs at res x res, or why the model rejects that size (fixed-size models such as DeiT, Swin)."""
     try:
+        if isinstance(model, DetectorOnBatch):  # post-processing cannot run on `meta` tensors
+            return count_macs(model, torch.rand(1, 3, res, res))
         return count_macs_at(model, res)
     except Exception as err:  # any model may reject a size in its own way
         fixed = getattr(model, "pretrained_cfg", {}).get("fixed_input_size") and model.pretrained_cfg["input_size"][-1]
@@ -108,7 +146,7 @@ def run_bench(names: Sequence[str], cfg: BenchConfig, log=print) -> list[BenchRo
     device = torch.device(cfg.device)
     threads = torch.get_num_threads()
     ours = set(list_models())
-    models = {name: _create(name) for name in names}
+    models = {name: _create(name, cfg.head) for name in names}
     params = {name: count_params(m) / 1e6 for name, m in models.items()}
     rows: list[BenchRow] = []
     macs: dict[tuple[str, int], MacCount] = {}
@@ -142,8 +180,11 @@ def run_bench(names: Sequence[str], cfg: BenchConfig, log=print) -> list[BenchRo
             )
     order = {n: i for i, n in enumerate(names)}
     rows.sort(key=lambda r: (r.res, r.batch, order[r.model]))
+    if cfg.head:  # name our detectors by head and backbone
+        for row in rows:
+            row.model = row.model if row.source == "torchvision" else f"{cfg.head}-{row.model}"
     return rows
 
 
 def _source(name: str, ours: set[str]) -> str:
-    return "hybridvit" if name in ours else "timm"
+    return "hybridvit" if name in ours else "torchvision" if name in DETECTION_PEERS else "timm"
