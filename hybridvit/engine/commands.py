@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import DataError
+
 from .recipes import RECIPES
 
 
@@ -57,6 +59,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     trained = load_trained(args.checkpoint, args.model, args.weights, args.img_size)
     trained.model.to(device)
+    if trained.task == "detection":
+        return _eval_detector(trained, args, device)
     dataset = build_eval_dataset(args.data, trained.classes, args.check_images)
     loader = DataLoader(TransformedDataset(dataset, trained.transform), batch_size=args.batch_size, num_workers=args.workers)
     result = evaluate(trained.model, loader, device)
@@ -67,10 +71,61 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"skipped {len(skipped)} unreadable image(s)")
 
 
+def _eval_detector(trained, args: argparse.Namespace, device) -> None:
+    from torch.utils.data import DataLoader
+
+    from ..data.coco import CocoDetection, collate_detection, find_coco_split
+    from ..data.digit_scenes import digit_scenes
+    from .tasks import evaluate_detector
+
+    masks = trained.info["head"] == "maskrcnn"
+    coco = CocoDetection(*find_coco_split(args.data or digit_scenes(), "val"), masks=masks)
+    if coco.category_ids != trained.info["category_ids"]:
+        raise DataError(f"the categories of {coco.ann_file} ({coco.category_ids}) are not the ones the detector "
+                        f"was trained on ({trained.info['category_ids']})")
+    loader = DataLoader(coco, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_detection)
+    metrics = evaluate_detector(trained.model, loader, coco, masks, device)
+    text = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "count")
+    print(f"{metrics['count']} images: {text}")
+    if coco.skipped:
+        print(f"skipped {len(coco.skipped)} invalid annotation(s) or missing image(s), e.g. {coco.skipped[0]}")
+
+
+def _predict_detector(trained, args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from torchvision.io import write_png
+    from torchvision.transforms.v2 import functional as TF
+    from torchvision.utils import draw_bounding_boxes
+
+    from ..data.datasets import open_rgb
+    from ..tasks.coco_eval import to_coco_results
+    from .inference import detect_files
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = detect_files(trained, args.images)
+    kept = [{k: v[o["scores"] >= args.score_threshold] for k, v in o.items()} for o in outputs]
+    for file, det in zip(args.images, kept):
+        names = [f"{trained.classes[label - 1]} {score:.2f}" for label, score in zip(det["labels"].tolist(), det["scores"].tolist())]
+        drawn = draw_bounding_boxes(TF.pil_to_tensor(open_rgb(file)), det["boxes"], names, colors="red", width=2)
+        png = out / f"{Path(file).stem}.png"
+        write_png(drawn, str(png))
+        print(f"{file}: {len(names)} detection(s) -> {png}")
+        for name, box in zip(names, det["boxes"].round().int().tolist()):
+            print(f"  {name}  {box}")
+    results = to_coco_results(kept, range(1, len(kept) + 1), trained.info["category_ids"])
+    (out / "results.json").write_text(json.dumps(results))
+    print(f"COCO results (image_id = position of the file, from 1) in {out / 'results.json'}")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .inference import load_trained, predict_files
 
     trained = load_trained(args.checkpoint, args.model, args.weights, args.img_size)
+    if trained.task == "detection":
+        return _predict_detector(trained, args)
     for file, top in zip(args.images, predict_files(trained, args.images, args.topk)):
         print(file)
         for name, prob in top:
@@ -135,4 +190,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("images", nargs="+", help="image files")
             p.add_argument("--img-size", type=int)
             p.add_argument("--topk", type=int, default=5)
+            p.add_argument("--out", default="predictions", help="detection: folder for the PNGs with boxes and results.json")
+            p.add_argument("--score-threshold", type=float, default=0.3, help="detection: lowest score drawn and written")
         p.set_defaults(func=func)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ import torch
 from timm.data import create_transform, resolve_data_config
 
 from ..data.datasets import open_rgb
+from ..checkpoint import one_line
 from ..errors import CheckpointError, DataError
 from . import checkpointing as ckpt
 
@@ -18,8 +19,13 @@ from . import checkpointing as ckpt
 class TrainedModel:
     model: torch.nn.Module
     classes: list[str]
-    transform: Any
-    img_size: int
+    transform: Any  # classification: the eval transform; detection: None (the detector resizes)
+    img_size: int | None
+    info: dict[str, Any] = field(default_factory=dict)  # the run.json of the training run
+
+    @property
+    def task(self) -> str:
+        return self.info.get("task", "classification")
 
 
 def load_trained(checkpoint: str, model_name: str | None = None, weights: str = "best", img_size: int | None = None) -> TrainedModel:
@@ -41,6 +47,8 @@ def load_trained(checkpoint: str, model_name: str | None = None, weights: str = 
         raise CheckpointError(f"{path} has no {ckpt.RUN_INFO} next to it: pass --model")
     if info and model_name and info["model"] != model_name:
         raise CheckpointError(f"checkpoint {path} was trained for model {info['model']}, not {model_name}")
+    if info.get("task") == "detection":
+        return _load_detector(name, info, file, img_size)
     kwargs = {"num_classes": info["num_classes"]} if info else {}
     model = create_model(name, **kwargs)
     load_checkpoint(model, file)
@@ -53,7 +61,35 @@ def load_trained(checkpoint: str, model_name: str | None = None, weights: str = 
         std=tuple(info.get("std", data_cfg["std"])),
     )
     classes = info.get("classes") or [str(i) for i in range(model.num_classes)]
-    return TrainedModel(model, classes, transform, size)
+    return TrainedModel(model, classes, transform, size, info)
+
+
+def _load_detector(name: str, info: dict[str, Any], file: Path, img_size: int | None) -> TrainedModel:
+    from ..tasks import create_detector
+
+    kwargs = dict(info.get("detector_kwargs", {}))
+    if img_size:
+        kwargs["image_size"] = img_size
+    model = create_detector(info["head"], name, info["num_classes"], **kwargs)
+    try:
+        model.load_state_dict(ckpt.load_weights_file(file))
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {file} does not fit a {info['head']} detector on {name}: {one_line(err)}") from None
+    return TrainedModel(model.eval(), info["classes"], None, kwargs.get("image_size"), info)
+
+
+@torch.no_grad()
+def detect_files(trained: TrainedModel, files: list[str]) -> list[dict[str, torch.Tensor]]:
+    """The detector's {boxes, labels, scores} for each image file, boxes in the file's pixels."""
+    from torchvision.transforms.v2 import functional as TF
+
+    images = []
+    for file in files:
+        try:
+            images.append(TF.to_dtype(TF.pil_to_tensor(open_rgb(file)), torch.float32, scale=True))
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read image {file}: {err}") from None
+    return trained.model(images)
 
 
 @torch.no_grad()

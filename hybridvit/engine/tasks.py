@@ -246,16 +246,10 @@ class DetectionTask:
         return private_loader(shard(dataset, self.info), self.cfg.seed, self.cfg.workers,
                               batch_size=self.recipe.batch_size, collate_fn=collate_detection)
 
-    def _to_device(self, batch: Any) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-        images, targets = batch
-        images = [image.to(self.device) for image in images]
-        targets = [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-        return images, targets
-
     def training_step(
         self, model: torch.nn.Module, batch: Any, criterion: Callable
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        images, targets = self._to_device(batch)
+        images, targets = _detection_batch_to(batch, self.device)
         losses = model(images, targets)
         loss = criterion(losses, targets)
         count = torch.tensor(float(len(images)), dtype=torch.float64, device=self.device)
@@ -265,29 +259,8 @@ class DetectionTask:
         loss_sum, count = stats.tolist()
         return {"train_loss": loss_sum / count}
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, loader: DataLoader, amp: bool) -> dict[str, float]:
-        """COCO metrics of this rank's shard and every other's, gathered and computed on rank 0."""
-        from ..tasks.coco_eval import coco_evaluate, to_coco_results
-
-        model.eval()
-        results, image_ids = [], []
-        for batch in loader:
-            images, targets = self._to_device(batch)
-            with autocast(self.device, amp):
-                outputs = model(images)
-            ids = [t["image_id"] for t in targets]
-            results += to_coco_results(outputs, ids, self.category_ids)
-            image_ids += ids
-        gathered = all_gather_objects((results, image_ids), self.info)
-        metrics = None
-        if self.info.is_main:
-            all_results = [r for rank_results, _ in gathered for r in rank_results]
-            all_ids = [i for _, rank_ids in gathered for i in rank_ids]
-            iou_types = ("bbox", "segm") if self.masks else ("bbox",)
-            metrics = coco_evaluate(self.val_coco.ground_truth(), all_results, iou_types, all_ids)
-            metrics["count"] = len(all_ids)
-        return broadcast_object(metrics, self.info)
+        return evaluate_detector(model, loader, self.val_coco, self.masks, self.device, self.info, amp)
 
     def epoch_message(self, row: dict[str, float]) -> str:
         masks = f" | mask AP {row['val_mask_AP']:.3f}" if self.masks else ""
@@ -297,6 +270,43 @@ class DetectionTask:
     def run_info(self) -> dict[str, Any]:
         return {"head": self.head, "num_classes": self.num_classes, "category_ids": self.category_ids,
                 "detector_kwargs": self.detector_kwargs()}
+
+
+def _detection_batch_to(batch: Any, device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    images, targets = batch
+    images = [image.to(device) for image in images]
+    targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+@torch.no_grad()
+def evaluate_detector(
+    model: torch.nn.Module, loader: DataLoader, coco: Any, masks: bool, device: torch.device,
+    info: DistInfo = DistInfo(), amp: bool = False,
+) -> dict[str, float]:
+    """COCO metrics (`tasks/coco_eval.py`) of `model` on `loader`, a shard of the CocoDetection `coco`.
+
+    Every rank's detections are gathered and scored on rank 0, which broadcasts the metrics.
+    """
+    from ..tasks.coco_eval import coco_evaluate, to_coco_results
+
+    model.eval()
+    results, image_ids = [], []
+    for batch in loader:
+        images, targets = _detection_batch_to(batch, device)
+        with autocast(device, amp):
+            outputs = model(images)
+        ids = [t["image_id"] for t in targets]
+        results += to_coco_results(outputs, ids, coco.category_ids)
+        image_ids += ids
+    gathered = all_gather_objects((results, image_ids), info)
+    metrics = None
+    if info.is_main:
+        all_results = [r for rank_results, _ in gathered for r in rank_results]
+        all_ids = [i for _, rank_ids in gathered for i in rank_ids]
+        metrics = coco_evaluate(coco.ground_truth(), all_results, ("bbox", "segm") if masks else ("bbox",), all_ids)
+        metrics["count"] = len(all_ids)
+    return broadcast_object(metrics, info)
 
 
 TASKS: dict[str, type] = {"classification": ClassificationTask, "detection": DetectionTask}

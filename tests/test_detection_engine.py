@@ -1,0 +1,67 @@
+"""Detection through the one training loop: CLI train/eval/predict on the digit scenes, exact resume, bad data."""
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from hybridvit.cli import main
+from hybridvit.data.digit_scenes import digit_scenes
+
+# Tiny runs on the default digit scenes (cached after the first build): 8 images, batch 4, 160 px.
+TRAIN = ["train", "--task", "detection", "--head", "ssdlite", "--model", "hv_mobilevit_xxs", "--img-size", "160",
+         "--limit", "8", "--batch-size", "4", "--no-progress", "--output"]
+
+
+def _committed(out):
+    return out / "checkpoints" / (out / "checkpoints" / "LATEST").read_text().strip() / "last.safetensors"
+
+
+def test_train_eval_predict(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, str(out), "--epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "done: 1 epochs, 2 steps" in printed and "val AP" in printed
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "val_AP", "val_AP50", "val_AP75", "val_APs", "val_APm",
+                             "val_APl", "epoch_seconds"]
+    assert float(rows[0]["train_loss"]) > 0 and 0 <= float(rows[0]["val_AP"]) <= 1
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    info = json.loads((out / "run.json").read_text())
+    assert (info["task"], info["head"], info["num_classes"], info["category_ids"]) == ("detection", "ssdlite", 10, list(range(1, 11)))
+
+    assert main(["eval", "--checkpoint", str(out), "--weights", "last"]) == 0
+    assert "100 images: AP " in capsys.readouterr().out
+    scene = digit_scenes() / "images" / "val" / "000000.png"
+    assert main(["predict", "--checkpoint", str(out), "--out", str(tmp_path / "pred"), "--score-threshold", "0", str(scene)]) == 0
+    assert (tmp_path / "pred" / "000000.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((tmp_path / "pred" / "results.json").read_text())
+    assert results and {r["image_id"] for r in results} == {1} and all(1 <= r["category_id"] <= 10 for r in results)
+
+
+def test_resume_is_exact(tmp_path):
+    assert main([*TRAIN, str(tmp_path / "once"), "--max-steps", "2"]) == 0
+    assert main([*TRAIN, str(tmp_path / "twice"), "--max-steps", "1"]) == 0
+    assert main([*TRAIN, str(tmp_path / "twice"), "--max-steps", "2", "--resume"]) == 0
+    once, twice = load_file(_committed(tmp_path / "once")), load_file(_committed(tmp_path / "twice"))
+    assert once.keys() == twice.keys() and all(torch.equal(once[k], twice[k]) for k in once)
+
+
+def test_bad_data_is_one_line_exit_2(tmp_path, capsys):
+    def run(*argv):
+        code = main(list(argv))
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        return err
+
+    bad = tmp_path / "coco"
+    (bad / "annotations").mkdir(parents=True)
+    (bad / "images").mkdir()
+    assert "has no annotations/instances_train*.json" in run(*TRAIN, str(tmp_path / "o"), "--data", str(bad))
+    coco = {"images": [{"id": 1, "file_name": "x.png", "width": 8, "height": 8}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2]}], "categories": [{"id": 1}]}
+    for split in ("train", "val"):
+        (bad / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+    assert "no usable images in" in run(*TRAIN, str(tmp_path / "o"), "--data", str(bad))
