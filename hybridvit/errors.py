@@ -39,3 +39,7 @@ class UnsupportedBackboneError(HybridViTError):
 
 class OutputError(HybridViTError):
     """An output path that cannot be written: read-only, a full disk, a file where a folder is needed."""
+
+
+class UnsupportedOptionError(HybridViTError):
+    """An option value that a model does not support (e.g. an output format)."""

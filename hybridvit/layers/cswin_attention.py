@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from ..errors import InputShapeError
 
 STRIPES = ("vertical", "horizontal", "full")
 
 
+@register_notrace_module  # an FX leaf: the stripe check branches on the map size
 class LePEAttention(nn.Module):
     """One CSWin branch on q, k, v given as [3, B, H, W, dim] (no projections of its own but `get_v`)."""
 

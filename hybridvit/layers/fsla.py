@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from ..errors import InputShapeError
 from .clustering import balanced_hierarchical_clustering, cluster_levels, overlapping_key_index
 
 
+@register_notrace_module  # an FX leaf: clustering depth and group sizes follow the token count
 class FSLA(nn.Module):
     """Feature-space local attention on [B, H, W, C] maps with H*W == group_size * 2**L tokens.
 

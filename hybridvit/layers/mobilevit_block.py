@@ -8,11 +8,12 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct
+from timm.layers import ConvNormAct, register_notrace_module
 
 from .patches import fold_patches, unfold_patches
 
 
+@register_notrace_module  # an FX leaf, as timm's MobileVitBlock: unfold/fold branch on the map size
 class MobileViTBlock(nn.Module):
     """n x n conv + 1x1 projection to `transformer_dim` (local representation), unfold into patches,
     the given transformer layers + LayerNorm (global representation), fold, 1x1 projection back,

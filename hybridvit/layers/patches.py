@@ -8,12 +8,18 @@ the resize is always taken (at the same size bilinear is an exact copy), so an e
 H and W symbolic instead of baking in one branch. Every tensor stays at rank <= 5, which Core ML
 requires (coremltools #1723).
 """
-from __future__ import annotations
-
-from typing import NamedTuple
+from typing import NamedTuple  # no `from __future__ import annotations`: TorchScript needs PatchGrid's real types
 
 import torch
 import torch.nn.functional as F
+
+
+def _exporting() -> bool:
+    """torch.compiler.is_exporting(), which TorchScript cannot compile (a scripted model is not being exported)."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return torch.compiler.is_exporting()
 
 
 class PatchGrid(NamedTuple):
@@ -33,7 +39,7 @@ def unfold_patches(x: torch.Tensor, patch_h: int, patch_w: int) -> tuple[torch.T
     B, C, H, W = x.shape
     # ceil division with non-negative operands: ONNX integer Div truncates, so -(-H // p) would export wrong
     num_h, num_w = (H + patch_h - 1) // patch_h, (W + patch_w - 1) // patch_w
-    if torch.compiler.is_exporting() or num_h * patch_h != H or num_w * patch_w != W:
+    if _exporting() or num_h * patch_h != H or num_w * patch_w != W:
         x = F.interpolate(x, size=(num_h * patch_h, num_w * patch_w), mode="bilinear", align_corners=False)
     x = x.reshape(B * C, num_h, patch_h, num_w, patch_w).permute(0, 2, 4, 1, 3)  # [BC, ph, pw, nh, nw]
     x = x.reshape(B, C, patch_h * patch_w, num_h * num_w).permute(0, 2, 3, 1)  # [B, P, N, C]
@@ -47,6 +53,6 @@ def fold_patches(tokens: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
     x = tokens.reshape(B, P, grid.num_h * grid.num_w, C).permute(0, 3, 1, 2)  # [B, C, P, N]
     x = x.reshape(B * C, grid.patch_h, grid.patch_w, grid.num_h, grid.num_w).permute(0, 3, 1, 4, 2)
     x = x.reshape(B, C, grid.num_h * grid.patch_h, grid.num_w * grid.patch_w)
-    if torch.compiler.is_exporting() or x.shape[-2] != grid.height or x.shape[-1] != grid.width:
+    if _exporting() or x.shape[-2] != grid.height or x.shape[-1] != grid.width:
         x = F.interpolate(x, size=(grid.height, grid.width), mode="bilinear", align_corners=False)
     return x

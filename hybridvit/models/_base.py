@@ -1,18 +1,29 @@
 """Pieces shared by model classes: timm's classifier API and MobileViT's five-stage layout."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+
+from ..errors import UnsupportedOptionError
+from ._builder import check_image_batch
+
+
+def check_output_fmt(output_fmt: str, supported: Sequence[str] = ("NCHW",)) -> None:
+    """Reject a `forward_intermediates` output format the model cannot produce."""
+    if output_fmt not in supported:
+        raise UnsupportedOptionError(f"output_fmt must be one of {list(supported)}, got '{output_fmt}'")
 
 
 class ClassifierHeadMixin:
-    """timm's classifier API for a model with `forward_features` and a timm `ClassifierHead` in `self.head`."""
+    """timm's classifier API for a model with `forward_features` and a timm `ClassifierHead` in `self.head`.
 
-    head: ClassifierHead
-    num_classes: int
+    (No class-level annotations: under `from __future__ import annotations` they defeat `torch.jit.script`.)
+    """
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -71,3 +82,74 @@ def mobilevit_layout_stages(
         stages.append(nn.Sequential(*blocks))
         feature_info.append(dict(num_chs=out_chs, reduction=net_stride, module=f"stages.{index}"))
     return nn.Sequential(*stages), feature_info
+
+
+class MobileViTLayoutMixin(ClassifierHeadMixin):
+    """timm's model contract for the `stem` / `stages` (five) / `final_conv` / `head` layout of MobileViT and XFormer
+    (the class sets `in_chans`, `feature_info` and `grad_checkpointing = False`).
+
+    Follows timm's ByobNet (which timm's `mobilevit_*` are): `group_matcher` by stage and block,
+    `set_grad_checkpointing` (every block of every stage recomputed in backward), `forward_intermediates`
+    over the five stage outputs of `feature_info` and `prune_intermediate_layers`.
+    """
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None), (r"^final_conv", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_image_batch(x, self.in_chans)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x, flatten=True)
+        else:
+            x = self.stages(x)
+        return self.final_conv(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Outputs of the stages in `indices` (timm semantics; strides 2..32) and, unless `intermediates_only`,
+        `forward_features(x)`. `norm` is accepted for timm's API: no norm layer sits between the stages.
+        """
+        check_output_fmt(output_fmt)
+        x = check_image_batch(x, self.in_chans)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        x = self.stem(x)
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.stages):
+            x = self.final_conv(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last index wanted (and `final_conv` + head); used by `features_only`."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index + 1 < len(self.stages) or prune_head:
+            self.stages = self.stages[: max_index + 1]
+            self.final_conv = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices

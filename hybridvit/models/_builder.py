@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg
 
 from ..errors import InputShapeError
@@ -20,11 +21,14 @@ def build(model_cls: type, variant: str, pretrained: bool = False, **kwargs: Any
     )
 
 
-def check_image_batch(x: torch.Tensor, in_chans: int) -> None:
-    """Reject inputs that are not [B, in_chans, H, W] with a message that names the problem."""
+@register_notrace_function  # a leaf under FX (timm's tracer, timm's test_models): shape branches can't trace
+def check_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """`x` if it is [B, in_chans, H, W], else an error that names the problem (scriptable).
+
+    Returning `x` keeps the check in an FX graph: torchvision's feature extractor drops unused nodes.
+    """
     if x.ndim != 4:
-        raise InputShapeError(f"expected a 4-D image batch [B, {in_chans}, H, W], got shape {tuple(x.shape)}")
+        raise InputShapeError(f"expected a 4-D image batch [B, {in_chans}, H, W], got shape {list(x.shape)}")
     if x.shape[1] != in_chans:
-        raise InputShapeError(
-            f"expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
-        )
+        raise InputShapeError(f"expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)})")
+    return x

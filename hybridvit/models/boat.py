@@ -20,18 +20,20 @@ power of two (224x224, 224x448, 448x448, ...); other sizes raise InputShapeError
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
-from timm.models import generate_default_cfgs
+from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
+from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 
 from ..errors import InputShapeError
 from ..layers.clustering import cluster_levels
 from ..layers.cswin_attention import LePEAttention
 from ..layers.fsla import FSLA
-from ._base import ClassifierHeadMixin
+from ._base import ClassifierHeadMixin, check_output_fmt
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
@@ -67,6 +69,7 @@ class BoatSwinStage(nn.Module):
         mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = False
         self.downsample = PatchMerging(dim, out_dim) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
             BoatSwinBlock(
@@ -77,7 +80,7 @@ class BoatSwinStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return _run_blocks(self.blocks, self.downsample(x.permute(0, 2, 3, 1)), self.grad_checkpointing)
 
 
 class BoatCSWinBlock(nn.Module):
@@ -142,6 +145,7 @@ class BoatCSWinStage(nn.Module):
         last_stage: bool, drop_path: list[float], group_size: int, overlap: int, mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
+        self.grad_checkpointing = False
         self.downsample = ConvEmbed(dim, out_dim, 3, 2, 1) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
             BoatCSWinBlock(
@@ -151,7 +155,16 @@ class BoatCSWinStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return _run_blocks(self.blocks, self.downsample(x).permute(0, 2, 3, 1), self.grad_checkpointing)
+
+
+def _run_blocks(blocks: nn.Sequential, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    """A stage's blocks on NHWC `x` (each recomputed in backward under grad checkpointing), back to NCHW."""
+    if grad_checkpointing and not torch.jit.is_scripting():
+        x = checkpoint_seq(blocks, x)
+    else:
+        x = blocks(x)
+    return x.permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -225,34 +238,123 @@ class BoatTransformer(ClassifierHeadMixin, nn.Module):
                 module.reference_batch_pairing = reference_batch_pairing
 
     def _check_size(self, H: int, W: int) -> None:
-        """Raise InputShapeError unless every stage with FSLA gets group_size * 2**k tokens."""
-        for i in self.fsla_stages:
-            stride = 2 ** (i + 2)
-            if H % stride or W % stride or cluster_levels((H // stride) * (W // stride), self.group_size) is None:
-                raise InputShapeError(
-                    f"BOAT's FSLA needs {self.group_size}*2^k tokens per stage, but input {H}x{W} gives a "
-                    f"{H / stride:g}x{W / stride:g} map in stage {i + 1}; sizes that work for the paper's models: "
-                    f"{_SIZES_THAT_WORK}"
-                )
+        check_fsla_size(H, W, self.fsla_stages, self.group_size)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_chans)
-        if hasattr(self, "layers"):
-            if tuple(x.shape[-2:]) != self.img_size:  # Swin's shift masks are built for img_size
-                raise InputShapeError(
-                    f"this BOAT-Swin was built for {self.img_size[0]}x{self.img_size[1]} inputs, got "
-                    f"{x.shape[-2]}x{x.shape[-1]}; create it with img_size=(H, W), sizes that work for the "
-                    f"paper's models: {_SIZES_THAT_WORK}"
-                )
-            x = self.layers(self.patch_embed(x))
-        else:
-            self._check_size(x.shape[-2], x.shape[-1])
-            x = self.stages(self.stem(x))
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Stem, then per stage (coarse) or per block with each merge layer first, then the final norm (timm Swin's)."""
+        stem, stages = ("patch_embed", "layers") if hasattr(self, "layers") else ("stem", "stages")
+        return dict(
+            stem=rf"^{stem}",
+            blocks=rf"^{stages}\.(\d+)" if coarse else [
+                (rf"^{stages}\.(\d+)\.downsample", (0,)),
+                (rf"^{stages}\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self._stage_list():
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def _stage_list(self) -> nn.Sequential:
+        return self.layers if hasattr(self, "layers") else self.stages
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Input checks, then the patch embedding (BOAT-Swin) or the conv stem (BOAT-CSWin): NCHW at stride 4."""
+        if hasattr(self, "layers"):  # Swin's shift masks are built for img_size
+            x = check_boat_input(x, self.in_chans, [self.img_size[0], self.img_size[1]], self.fsla_stages, self.group_size)
+            return self.patch_embed(x)
+        x = check_boat_input(x, self.in_chans, [], self.fsla_stages, self.group_size)
+        return self.stem(x)
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._embed(x)
+        x = self.layers(x) if hasattr(self, "layers") else self.stages(x)
+        return self._final_norm(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Outputs of the stages in `indices` (timm semantics; strides 4..32) and, unless `intermediates_only`,
+        `forward_features(x)`; `norm` applies the final LayerNorm to the last stage's output, as timm's Swin.
+        """
+        check_output_fmt(output_fmt)
+        stages = self._stage_list()
+        take_indices, max_index = feature_take_indices(len(stages), indices)
+        last = len(stages) - 1
+        if stop_early:
+            stages = stages[: max_index + 1]
+        x = self._embed(x)
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self._final_norm(x) if norm and i == last else x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == last + 1:
+            x = self._final_norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last index wanted (and the final norm / head); used by `features_only`."""
+        take_indices, max_index = feature_take_indices(len(self._stage_list()), indices)
+        setattr(self, "layers" if hasattr(self, "layers") else "stages", self._stage_list()[: max_index + 1])
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+def check_fsla_size(H: int, W: int, fsla_stages: list[int], group_size: int) -> None:
+    """Raise InputShapeError unless every stage with FSLA gets group_size * 2**k tokens."""
+    for i in fsla_stages:
+        stride = 2 ** (i + 2)
+        if H % stride or W % stride or cluster_levels((H // stride) * (W // stride), group_size) is None:
+            raise InputShapeError(
+                f"BOAT's FSLA needs {group_size}*2^k tokens per stage, but input {H}x{W} gives a "
+                f"{H / stride:g}x{W / stride:g} map in stage {i + 1}; sizes that work for the paper's models: "
+                f"{_SIZES_THAT_WORK}"
+            )
+
+
+@register_notrace_function  # FX leaf: branches on the input size
+def check_boat_input(
+    x: torch.Tensor, in_chans: int, fixed_size: list[int], fsla_stages: list[int], group_size: int
+) -> torch.Tensor:
+    """`x` if it is [B, in_chans, H, W] of a size BOAT runs on (`fixed_size` for BOAT-Swin), else InputShapeError."""
+    check_image_batch(x, in_chans)
+    H, W = x.shape[-2], x.shape[-1]
+    if fixed_size and [H, W] != fixed_size:
+        raise InputShapeError(
+            f"this BOAT-Swin was built for {fixed_size[0]}x{fixed_size[1]} inputs, got {H}x{W}; create it with "
+            f"img_size=(H, W), sizes that work for the paper's models: {_SIZES_THAT_WORK}"
+        )
+    check_fsla_size(H, W, fsla_stages, group_size)
+    return x
+
+
+# The model's `forward` lives in _base.py, whose globals timm's tracer patches; torch.fx.wrap patches this module's.
+torch.fx.wrap("check_boat_input")
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -14,23 +14,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.layers import DropPath, register_notrace_function, to_2tuple
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from ..convert.ceit import ceit_resize_pos_embed, resample_pos_embed
-from ..errors import InputShapeError
+from ..errors import InputShapeError, UnsupportedOptionError
 from ..layers.attention import MultiHeadSelfAttention
 from ..layers.i2t import ImageToTokens
 from ..layers.lca import LCA
 from ..layers.leff import LeFF
+from ._base import check_output_fmt
 from ._builder import check_image_batch
 from ._registry import PaperEntry, register
 
 _MIN_SIZE = 16  # one 4x4 patch on the stride-4 I2T map
+# `global_pool` values: "lca" = the paper's LCA over the per-layer class tokens (§3.4); "token" = the last
+# layer's class token (DeiT's head, the paper's baseline without LCA); "avg" = mean of the per-layer
+# class tokens; "" = no pooling (head applied to every per-layer class token).
+_POOLS = ("lca", "token", "avg", "")
+
+
+def check_size(height: int, width: int, min_size: int = _MIN_SIZE) -> None:  # a default: TorchScript reads no globals
+    if height < min_size or width < min_size:
+        raise InputShapeError(
+            f"CeiT needs images of at least {min_size}x{min_size} pixels (multiples of 16 use every pixel), "
+            f"got {height}x{width}"
+        )
+
+
+@register_notrace_function  # FX leaf: branches on the input size
+def check_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """`x` if it is [B, in_chans, H, W] with H, W >= 16, else InputShapeError."""
+    check_image_batch(x, in_chans)
+    check_size(x.shape[-2], x.shape[-1])
+    return x
+
+
+@register_notrace_function  # FX leaf: resampling branches on the token grid
+def pos_embed_for_grid(pos_embed: torch.Tensor, grid_h: int, grid_w: int, old_grid: list[int]) -> torch.Tensor:
+    """`pos_embed` (class token first) resampled from `old_grid` to (grid_h, grid_w) tokens, as the official code."""
+    return resample_pos_embed(pos_embed, [grid_h, grid_w], old_grid)
 
 
 class CeiTBlock(nn.Module):
@@ -83,6 +111,8 @@ class CeiT(nn.Module):
     is the LCA "pooling" (+ layer position embedding), the final LayerNorm and the linear classifier.
     Paper variants (defaults = official code): `leff_final_act`, `leff_cls_bypass` (see `LeFF`),
     `i2t_chans=32` (the unofficial ports' stem width), `layer_pos_embed=False` (no `pos_layer_embed`).
+    `global_pool` (timm's argument): "lca" (default, the paper's), "token", "avg" or "" (see `_POOLS`);
+    only "lca" builds the LCA block and `pos_layer_embed`.
     """
 
     def __init__(
@@ -100,14 +130,18 @@ class CeiT(nn.Module):
         leff_final_act: bool = False,
         leff_cls_bypass: bool = False,
         layer_pos_embed: bool = True,
+        global_pool: str = "lca",
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        self._check_pool(global_pool)
         dim = cfg.embed_dim
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.grad_checkpointing = False
         self.num_features = self.head_hidden_size = self.embed_dim = dim
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
@@ -130,9 +164,13 @@ class CeiT(nn.Module):
             dict(num_chs=dim, reduction=self.i2t.reduction, module=f"blocks.{i}") for i in range(cfg.depth)
         ]
 
-        self.lca = LCA(dim, cfg.num_heads, mlp_ratio, qkv_bias, norm_layer, drop=drop_rate, attn_drop=attn_drop_rate)
+        lca = global_pool == "lca"
+        self.lca = (
+            LCA(dim, cfg.num_heads, mlp_ratio, qkv_bias, norm_layer, drop=drop_rate, attn_drop=attn_drop_rate)
+            if lca else nn.Identity()
+        )
         # Zero-initialised and weight-decayed, as in the official code (spec ceit.md §4, §6).
-        self.pos_layer_embed = nn.Parameter(torch.zeros(1, cfg.depth, dim)) if layer_pos_embed else None
+        self.pos_layer_embed = nn.Parameter(torch.zeros(1, cfg.depth, dim)) if layer_pos_embed and lca else None
         self.norm = norm_layer(dim)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
@@ -156,39 +194,55 @@ class CeiT(nn.Module):
         return {"pos_embed", "cls_token"}
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Embedding, one group per encoder layer, then the LCA head (timm's ViT grouping)."""
+        return dict(
+            stem=r"^cls_token|^pos_embed|^i2t",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^lca|^pos_layer_embed|^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    @staticmethod
+    def _check_pool(global_pool: str) -> None:
+        if global_pool not in _POOLS:
+            raise UnsupportedOptionError(f"CeiT's global_pool must be one of {list(_POOLS)}, got '{global_pool}'")
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier; `global_pool` is accepted for timm's API (the LCA is CeiT's only pooling)."""
+        """Replace the classifier and optionally the pooling ("lca" only if the model still has its LCA)."""
+        if global_pool is not None:
+            self._check_pool(global_pool)
+            if global_pool == "lca" and isinstance(self.lca, nn.Identity):
+                raise UnsupportedOptionError("this CeiT has no LCA block left; choose global_pool 'token', 'avg' or ''")
+            if global_pool != "lca":
+                self.lca, self.pos_layer_embed = nn.Identity(), None
+            self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Resample `pos_embed` for a new default input size, e.g. before fine-tuning a 224 model at 384."""
         img_size = to_2tuple(img_size)
-        self._check_size(*img_size)
+        check_size(*img_size)
         grid = self.i2t.grid_size(img_size)
         with torch.no_grad():
             posemb = resample_pos_embed(self.pos_embed, list(grid), list(self.grid_size))
         self.pos_embed = nn.Parameter(posemb)
         self.img_size, self.grid_size = img_size, grid
 
-    def _check_size(self, height: int, width: int) -> None:
-        if height < _MIN_SIZE or width < _MIN_SIZE:
-            raise InputShapeError(
-                f"CeiT needs images of at least {_MIN_SIZE}x{_MIN_SIZE} pixels (multiples of 16 use every pixel), "
-                f"got {height}x{width}"
-            )
-
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """I2T tokens + class token + (resampled) position embedding: [B, 1 + h*w, D] and the grid (h, w)."""
-        check_image_batch(x, self.in_chans)
-        self._check_size(x.shape[-2], x.shape[-1])
+        x = check_input(x, self.in_chans)
         x = self.i2t(x)
         grid = (x.shape[-2], x.shape[-1])
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x.flatten(2).transpose(1, 2)), dim=1)
-        pos_embed = resample_pos_embed(self.pos_embed, list(grid), list(self.grid_size))
+        pos_embed = pos_embed_for_grid(self.pos_embed, grid[0], grid[1], list(self.grid_size))
         return self.pos_drop(x + pos_embed), grid
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,15 +250,21 @@ class CeiT(nn.Module):
         x, grid = self._embed(x)
         class_tokens = []
         for block in self.blocks:
-            x = block(x, grid)
+            x = checkpoint(block, x, grid) if self.grad_checkpointing and not torch.jit.is_scripting() else block(x, grid)
             class_tokens.append(x[:, 0])
         return torch.stack(class_tokens, dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """LCA over the per-layer class tokens [B, depth, D], LayerNorm, classifier."""
-        if self.pos_layer_embed is not None:
-            x = x + self.pos_layer_embed
-        x = self.norm(self.lca(x))
+        """Pooling of the per-layer class tokens [B, depth, D] (LCA by default), LayerNorm, classifier."""
+        if self.global_pool == "lca":
+            if self.pos_layer_embed is not None:
+                x = x + self.pos_layer_embed
+            x = self.lca(x)
+        elif self.global_pool == "token":
+            x = x[:, -1]
+        elif self.global_pool == "avg":
+            x = x.mean(dim=1)
+        x = self.norm(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,14 +284,13 @@ class CeiT(nn.Module):
         `norm` is accepted for timm's API and has no effect: CeiT has no final norm over the patch tokens.
         Unless `intermediates_only`, also returns the stacked class tokens of the blocks run (`forward_features`).
         """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        check_output_fmt(output_fmt, ("NCHW", "NLC"))
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x, grid = self._embed(x)
         blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
         intermediates, class_tokens = [], []
         for i, block in enumerate(blocks):
-            x = block(x, grid)
+            x = checkpoint(block, x, grid) if self.grad_checkpointing and not torch.jit.is_scripting() else block(x, grid)
             class_tokens.append(x[:, 0])
             if i in take_indices:
                 tokens = x[:, 1:]
@@ -249,8 +308,8 @@ class CeiT(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         self.blocks = self.blocks[: max_index + 1]
         if prune_head:
-            self.lca, self.norm, self.pos_layer_embed = nn.Identity(), nn.Identity(), None
-            self.reset_classifier(0)
+            self.norm = nn.Identity()
+            self.reset_classifier(0, "")
         return take_indices
 
 
@@ -270,8 +329,11 @@ MODEL_CFGS = {
 
 def _cfg(img_size: int) -> dict:
     # Official evaluation: resize to size / 0.875, bicubic, centre crop, ImageNet mean/std (spec §7).
+    # pool_size: the stride-16 patch-token grid (what `forward_intermediates` returns as NCHW maps);
+    # `forward_features` itself is [B, depth, D], the per-layer class tokens the LCA pools.
+    grid = img_size // 16
     return dict(
-        num_classes=1000, input_size=(3, img_size, img_size), pool_size=None, crop_pct=0.875,
+        num_classes=1000, input_size=(3, img_size, img_size), pool_size=(grid, grid), crop_pct=0.875,
         interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
         first_conv="i2t.backbone.conv", classifier="head", fixed_input_size=False,
     )

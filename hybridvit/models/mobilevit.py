@@ -22,8 +22,8 @@ from timm.layers import ClassifierHead, ConvNormAct
 from timm.models import generate_default_cfgs
 
 from ..layers import MobileViTBlock, MV2Block, TransformerLayer, init_weights_cvnets
-from ._base import ClassifierHeadMixin, mobilevit_layout_stages
-from ._builder import build, check_image_batch
+from ._base import MobileViTLayoutMixin, mobilevit_layout_stages
+from ._builder import build
 from ._registry import PaperEntry, register
 
 
@@ -40,7 +40,7 @@ class MobileViTConfig:
     stem_chs: int = 16
 
 
-class MobileViT(ClassifierHeadMixin, nn.Module):
+class MobileViT(MobileViTLayoutMixin, nn.Module):
     """MobileViT classifier: stem, five stages (MV2 / MV2 x3 / MV2 + MobileViT block x3), 1x1 conv, head."""
 
     def __init__(
@@ -59,6 +59,7 @@ class MobileViT(ClassifierHeadMixin, nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.grad_checkpointing = False
         self.num_features = self.head_hidden_size = cfg.num_features
         self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
 
@@ -86,10 +87,6 @@ class MobileViT(ClassifierHeadMixin, nn.Module):
     def no_weight_decay(self) -> set[str]:
         # The paper applies weight decay 0.01 to every parameter (spec §4.7).
         return set()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_chans)
-        return self.final_conv(self.stages(self.stem(x)))
 
 
 MODEL_CFGS = {

@@ -14,17 +14,20 @@ Input size: any H, W >= 1 (all convs are padded; attention runs on whatever 1/32
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d, make_divisible
-from timm.models import generate_default_cfgs
+from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
 
 from ..layers.dyrelu import DyReLU
 from ..layers.ghost import ActFactory, GhostBottleneck, relu
 from ..layers.moffn import MoFFN
 from ..layers.mosa import MoSA
+from ._base import check_output_fmt
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
@@ -130,6 +133,7 @@ class MoCoViT(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
 
         def chs(c: int) -> int:
             return make_divisible(c * cfg.width, 4)
@@ -168,6 +172,7 @@ class MoCoViT(nn.Module):
             for i, (c, r) in enumerate(stage_info)
             if i == len(stage_info) - 1 or stage_info[i + 1][1] != r
         ]
+        self.stage_ends = [int(info["module"].split(".")[1]) for info in self.feature_info]
         self.num_features = chs(cfg.last_conv_chs)
         stages.append(nn.Sequential(ConvBnAct(prev, self.num_features)))
         self.blocks = nn.Sequential(*stages)
@@ -194,9 +199,65 @@ class MoCoViT(nn.Module):
             self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Stem, then one group per stage (coarse) or per block, then the head convs (timm GhostNet's)."""
+        return dict(
+            stem=r"^conv_stem|^bn1",
+            blocks=[(r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)", None), (r"^conv_head", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_chans)
-        return self.blocks(self.act1(self.bn1(self.conv_stem(x))))
+        x = check_image_batch(x, self.in_chans)
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x, flatten=True)
+        return self.blocks(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features of `feature_info` in `indices` (timm semantics; strides 2..32) and, unless
+        `intermediates_only`, `forward_features(x)`. `norm` is accepted for timm's API (no final norm).
+        """
+        check_output_fmt(output_fmt)
+        x = check_image_batch(x, self.in_chans)
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        take_blocks = [self.stage_ends[i] for i in take_indices]
+        last = self.stage_ends[max_index]
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: last + 1]
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        intermediates = []
+        for i, stage in enumerate(blocks):
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if i in take_blocks:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last feature wanted (and the head); used by `features_only`."""
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        last = self.stage_ends[max_index]
+        if last + 1 < len(self.blocks) or prune_head:
+            self.blocks = self.blocks[: last + 1]  # drops the final 1x1 ConvBnAct too
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.conv_head, self.act2 = nn.Identity(), nn.Identity()
+            self.reset_classifier(0, "")
+        return take_indices
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.flatten(self.act2(self.conv_head(self.global_pool(x))))

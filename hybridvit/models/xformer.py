@@ -26,8 +26,8 @@ from ..layers.mobilenet_blocks import MV3Block
 from ..layers.mobilevit_block import MobileViTBlock
 from ..layers.transformer import TransformerLayer
 from ..layers.xfa import XFA
-from ._base import ClassifierHeadMixin, mobilevit_layout_stages
-from ._builder import build, check_image_batch
+from ._base import MobileViTLayoutMixin, mobilevit_layout_stages
+from ._builder import build
 from ._registry import PaperEntry, register
 
 
@@ -74,7 +74,7 @@ class XFormerConfig:
     stem_chs: int = 16
 
 
-class XFormer(ClassifierHeadMixin, nn.Module):
+class XFormer(MobileViTLayoutMixin, nn.Module):
     """XFormer classifier: stem, five stages (MV3 / MV3 x3 / MV3 + XF block x3), 1x1 conv, pool, classifier."""
 
     def __init__(
@@ -91,6 +91,7 @@ class XFormer(ClassifierHeadMixin, nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.grad_checkpointing = False
         self.num_features = self.head_hidden_size = cfg.num_features
         self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
 
@@ -109,10 +110,6 @@ class XFormer(ClassifierHeadMixin, nn.Module):
     def no_weight_decay(self) -> set[str]:
         """The XFA temperatures lambda (as XCiT does for its temperature)."""
         return {name for name, _ in self.named_parameters() if name.endswith("attn.temperature")}
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_chans)
-        return self.final_conv(self.stages(self.stem(x)))
 
 
 MODEL_CFGS = {
