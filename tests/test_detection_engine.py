@@ -1,4 +1,4 @@
-"""Detection through the one training loop: CLI train/eval/predict on the digit scenes, exact resume, bad data."""
+"""Detection through the one training loop: CLI train/eval/predict/export on the digit scenes, exact resume, bad data."""
 from __future__ import annotations
 
 import csv
@@ -39,6 +39,12 @@ def test_train_eval_predict(tmp_path, capsys):
     assert (tmp_path / "pred" / "000000.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "pred" / "results.json").read_text())
     assert results and {r["image_id"] for r in results} == {1} and all(1 <= r["category_id"] <= 10 for r in results)
+
+    onnx = tmp_path / "detector.onnx"
+    assert main(["export", "hv_mobilevit_xxs", "--task", "detection", "--checkpoint", str(out), "--res", "160",
+                 "--out", str(onnx)]) == 0
+    printed = capsys.readouterr().out
+    assert onnx.is_file() and float(printed.split("max error ")[1].split()[0]) < 1e-4  # at 160x176 and 192x208
 
 
 def test_resume_is_exact(tmp_path):

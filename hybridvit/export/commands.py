@@ -11,6 +11,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     check_format(args.format)
     torch.set_num_threads(args.threads)
+    if args.task == "detection":
+        return _export_detector(args)
     result = export_model(
         args.model, args.format, out=args.out, res=args.res, batch=args.batch, dynamic=args.dynamic,
         fold_bn=args.fuse_bn, checkpoint=args.checkpoint,
@@ -25,6 +27,20 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"note: {note}")
 
 
+def _export_detector(args: argparse.Namespace) -> None:
+    from ..errors import HybridViTError
+    from .detection import build_detector, export_detector_onnx
+
+    if args.format != "onnx":
+        raise HybridViTError(f"detectors export to onnx only, not {args.format}")
+    model = build_detector(args.model, args.head or "ssdlite", args.checkpoint)
+    res = args.res or 320
+    path, error = export_detector_onnx(model, args.out or f"{args.model}_{args.head or 'ssdlite'}.onnx", res)
+    print(f"wrote {path} (onnx detector, one image [3, H, W] of any size, exported at {res}x{res})")
+    print(f"checked against eager at {res}x{res + 16} and {res + 32}x{res + 48}: max error {error:.2e} "
+          "(scores; boxes relative to the image side)")
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a model to ONNX, TorchScript or Core ML, checked against eager")
     p.add_argument("model", help="a hybridvit model name (or any timm name)")
@@ -36,4 +52,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fuse-bn", action="store_true", help="fold BatchNorm into the preceding convolutions")
     p.add_argument("--checkpoint", help="weights to load first (any layout hybridvit converts)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    from ..tasks import DETECTION_HEADS
+
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: export the whole detector (onnx; --checkpoint a detection run directory)")
+    p.add_argument("--head", choices=tuple(DETECTION_HEADS), help="detection head (default: ssdlite)")
     p.set_defaults(func=cmd_export)
