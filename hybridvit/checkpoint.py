@@ -135,7 +135,7 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> InitRepo
         trained = json.loads(info.read_text()).get("model")
         path = path / RUN_WEIGHTS
     state = convert_state_dict(model, read_state_dict(path))
-    head_keys, head_prefix = _classifier_keys(model)
+    head_keys, head_prefix = classifier_keys(model)
     own = model.state_dict()
     in_ckpt = [k for k in state if head_prefix and k.startswith(head_prefix)]
     head_fits = bool(head_keys) and set(in_ckpt) == head_keys and all(state[k].shape == own[k].shape for k in head_keys)
@@ -154,7 +154,7 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> InitRepo
     return report
 
 
-def _classifier_keys(model: torch.nn.Module) -> tuple[set[str], str]:
+def classifier_keys(model: torch.nn.Module) -> tuple[set[str], str]:
     """State-dict keys of `model.get_classifier()` and their prefix (e.g. 'head.fc.'); empty without one."""
     get = getattr(model, "get_classifier", None)
     classifier = get() if callable(get) else None

@@ -23,6 +23,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         scales=args.scales or (), batch_rule=args.batch_rule, warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay,
         amp=args.amp, resume=args.resume, max_steps=args.max_steps, seed=args.seed, workers=args.workers,
         device=args.device, progress=not args.no_progress, check_images=args.check_images, limit=args.limit,
+        init=args.init, layer_decay=args.layer_decay, backbone_lr_ratio=args.backbone_lr_ratio,
+        freeze_epochs=args.freeze_epochs,
     )
     try:
         trainer = Trainer(cfg)
@@ -170,6 +172,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float, help="EMA of weights per step, evaluated (0: off; default: the recipe's)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
+    p.add_argument("--init", help="fine-tune: start from these weights (a run directory, or a weights file in any "
+                   "layout hybridvit.convert reads); a new classifier if the class count differs")
+    p.add_argument("--layer-decay", type=float, help="layer-wise LR decay per layer from the head, e.g. 0.75")
+    p.add_argument("--backbone-lr-ratio", type=float, help="LR of all but the classifier, relative to it, e.g. 0.1")
+    p.add_argument("--freeze-epochs", type=int, help="train only the classifier for this many epochs first")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (checkpoint kept)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the local GPU if any)")

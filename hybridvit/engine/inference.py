@@ -13,6 +13,7 @@ from ..data.datasets import open_rgb
 from ..checkpoint import one_line
 from ..errors import CheckpointError, DataError
 from . import checkpointing as ckpt
+from .finetune import match_input_size
 
 
 @dataclass
@@ -51,9 +52,10 @@ def load_trained(checkpoint: str, model_name: str | None = None, weights: str = 
         return _load_detector(name, info, file, img_size)
     kwargs = {"num_classes": info["num_classes"]} if info else {}
     model = create_model(name, **kwargs)
+    size = img_size or info.get("img_size") or resolve_data_config({}, model=model)["input_size"][-1]
+    match_input_size(model, info.get("img_size") or size)  # the size the run trained at (CeiT's pos_embed)
     load_checkpoint(model, file)
     model.eval()
-    size = img_size or info.get("img_size") or resolve_data_config({}, model=model)["input_size"][-1]
     data_cfg = resolve_data_config({}, model=model)
     transform = create_transform(
         size, is_training=False, interpolation=info.get("interpolation", data_cfg["interpolation"]),

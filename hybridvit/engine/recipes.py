@@ -50,6 +50,10 @@ class Recipe:
     cutmix: float = 0.0
     interpolation: str = "bilinear"
     crop_pct: float | None = None  # None: the model's
+    # Fine-tuning knobs (engine/finetune.py); the defaults train every layer at the same LR.
+    layer_decay: float | None = None  # layer-wise LR decay: layer i of n gets lr * layer_decay**(n - 1 - i)
+    backbone_lr_ratio: float = 1.0  # LR of everything but the classifier, relative to the classifier's
+    freeze_epochs: int = 0  # train only the classifier for this many epochs first
     notes: tuple[str, ...] = field(default=())
 
 
@@ -63,6 +67,18 @@ _MOBILEVIT = Recipe(
     img_size=256, multi_scale=True, batch_rule="v0.1",
     scale=(0.08, 1.0), hflip=0.5, interpolation="bilinear", crop_pct=256 / 288,
     notes=("cvnets' cosine is per epoch and not offset by the warm-up; here it is per step",),
+)
+
+_DEIT = Recipe(
+    name="deit",
+    source="CeiT official main.py defaults = DeiT recipe (spec ceit.md §7)",
+    epochs=300, batch_size=256, ref_batch=512,
+    lr=5e-4, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=5, scale_lr=True,
+    opt="adamw", weight_decay=0.05, label_smoothing=0.1,
+    ema_decay=0.99996, eval_ema=False, drop_path=0.1, img_size=224,
+    color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8, cutmix=1.0,
+    interpolation="bicubic", crop_pct=224 / 256,
+    notes=("repeated augmentation of the source is not implemented",),
 )
 
 RECIPES: dict[str, Recipe] = {
@@ -81,16 +97,16 @@ RECIPES: dict[str, Recipe] = {
         source="XFormer recipe not published; ml-cvnets HEAD config/classification/imagenet/mobilevit.yaml (spec xformer.md §5)",
         warmup_steps=20000, batch_rule="head",
     ),
-    "deit": Recipe(
-        name="deit",
-        source="CeiT official main.py defaults = DeiT recipe (spec ceit.md §7)",
-        epochs=300, batch_size=256, ref_batch=512,
-        lr=5e-4, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=5, scale_lr=True,
-        opt="adamw", weight_decay=0.05, label_smoothing=0.1,
-        ema_decay=0.99996, eval_ema=False, drop_path=0.1, img_size=224,
-        color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8, cutmix=1.0,
-        interpolation="bicubic", crop_pct=224 / 256,
-        notes=("repeated augmentation of the source is not implemented",),
+    "deit": _DEIT,
+    # CeiT's 224 -> 384 fine-tune: the official code is DeiT's main.py, and DeiT's README fine-tunes at
+    # 384 with `--finetune W --input-size 384 --lr 5e-6 --min-lr 5e-6 --weight-decay 1e-8 --epochs 30`
+    # at batch 32 x 16 GPUs; every other value stays main.py's default (the `deit` recipe).
+    "deit_384": replace(
+        _DEIT,
+        name="deit_384",
+        source="DeiT README 'fine-tune at 384' command on the CeiT/DeiT main.py defaults (docs/training.md)",
+        epochs=30, batch_size=32, ref_batch=512, lr=5e-6, min_lr=5e-6, weight_decay=1e-8, img_size=384,
+        notes=("start from weights: --init; DeiT's warm-up (5 epochs from 1e-6) is kept as main.py does",),
     ),
     "boat": Recipe(
         name="boat",

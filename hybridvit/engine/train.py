@@ -29,8 +29,9 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from ..checkpoint import one_line
-from ..errors import CheckpointError, TrainingDivergedError
+from ..errors import CheckpointError, HybridViTError, TrainingDivergedError
 from . import checkpointing as ckpt
+from . import finetune
 from .distributed import all_gather_objects, all_reduce_sum, barrier, init_distributed, resolve_device
 from .evaluate import autocast
 from .metrics import MetricsLogger, plot_curves, read_metrics
@@ -67,6 +68,13 @@ class TrainConfig:
     progress: bool = True
     check_images: str = "full"
     limit: int | None = None  # use only this many train and val images (a fixed random subset), for quick checks
+    init: str | None = None  # start from these weights (engine/finetune.py); unlike `resume`, a new run
+    layer_decay: float | None = None
+    backbone_lr_ratio: float | None = None
+    freeze_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        finetune.check_init(self.init, self.resume)
 
 
 def resolve_recipe(cfg: TrainConfig) -> Recipe:
@@ -75,6 +83,7 @@ def resolve_recipe(cfg: TrainConfig) -> Recipe:
     overrides = {
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "img_size": cfg.img_size,
         "multi_scale": True if cfg.scales else cfg.multi_scale, "batch_rule": cfg.batch_rule,
+        "layer_decay": cfg.layer_decay, "backbone_lr_ratio": cfg.backbone_lr_ratio, "freeze_epochs": cfg.freeze_epochs,
     }
     if cfg.warmup_epochs is not None:
         overrides.update(warmup_epochs=cfg.warmup_epochs, warmup_steps=0)
@@ -99,6 +108,8 @@ def _subset(dataset: Dataset, size: int) -> Dataset:
 def build_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
     """timm's optimizer; unless the recipe decays everything, 1-D params and `no_weight_decay()` get no decay."""
     kwargs = {"betas": recipe.betas} if "adam" in recipe.opt else {"momentum": recipe.momentum}
+    if recipe.layer_decay is not None or recipe.backbone_lr_ratio != 1.0:
+        return create_optimizer_v2(finetune.param_groups(model, recipe), opt=recipe.opt, lr=lr, **kwargs)
     return create_optimizer_v2(
         model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay, filter_bias_and_bn=not recipe.decay_all, **kwargs
     )
@@ -127,12 +138,18 @@ class Trainer:
         if cfg.limit:
             self.data.train, self.data.val = (_subset(d, cfg.limit) for d in (self.data.train, self.data.val))
         model = task.build_model(len(self.data.classes)).to(self.device)
+        if cfg.init and task.name != "classification":
+            raise HybridViTError("--init fine-tunes classifiers; a detector's backbone takes --backbone-checkpoint (same loader)")
+        if task.name == "classification":
+            finetune.prepare_model(model, cfg.init, task.img_size, log=print if self.info.is_main else lambda _: None)
         self.train_loader, self.batch_sampler = task.train_loader(self.data.train)
         self.val_loader = task.val_loader(self.data.val)
         world_batch = recipe.batch_size * self.info.world_size
         lr_scale = world_batch / recipe.ref_batch if recipe.scale_lr else 1.0
         self.lr = cfg.lr if cfg.lr is not None else recipe.lr * lr_scale
         self.optimizer = build_optimizer(model, recipe, self.lr)
+        if recipe.freeze_epochs:
+            finetune.BackboneFreeze(model, self.optimizer, recipe.freeze_epochs, epoch=lambda: self.epoch)
         self.steps_per_epoch = len(self.batch_sampler)
         warmup = recipe.warmup_steps or round(recipe.warmup_epochs * self.steps_per_epoch)
         self.total_steps = recipe.epochs * self.steps_per_epoch
@@ -159,7 +176,7 @@ class Trainer:
         return {
             "model": self.cfg.model, "task": self.task.name, "classes": self.data.classes, **self.task.run_info(),
             "recipe": dataclasses.asdict(self.recipe), "data": self.data.source,
-            "seed": self.cfg.seed, "world_size": self.info.world_size,
+            "seed": self.cfg.seed, "world_size": self.info.world_size, "init": self.cfg.init,
         }
 
     def save(self) -> None:
@@ -285,7 +302,7 @@ class Trainer:
         eval_model = self.ema.module if self.ema is not None and self.recipe.eval_ema else self.model
         val = self.task.evaluate(eval_model, self.val_loader, self.amp)
         row = {
-            "epoch": self.epoch + 1, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch": self.epoch + 1, "step": self.global_step, "lr": max(g["lr"] for g in self.optimizer.param_groups),
             **self.task.train_metrics(self.running), **{f"val_{m}": val[m] for m in self.task.val_metrics},
             "epoch_seconds": seconds,
         }
