@@ -85,9 +85,6 @@ def _model_name(model: torch.nn.Module) -> str:
     return (cfg.get("architecture") if isinstance(cfg, Mapping) else None) or type(model).__name__
 
 
-# The weights `hybridvit train` keeps in a run directory (engine/checkpointing.py: BEST_WEIGHTS, RUN_INFO).
-RUN_WEIGHTS = "best.safetensors"
-RUN_INFO = "run.json"
 KNOWN_LAYOUTS = "hybridvit/timm, ml-cvnets MobileViT, official CeiT, pytorch-boat Swin/CSWin, timm GhostNet"
 
 
@@ -117,7 +114,7 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> InitRepo
     `path` is a weights file in any layout `hybridvit.convert` knows (ours = timm's MobileViT/GhostNet,
     ml-cvnets MobileViT, official CeiT, pytorch-boat BOAT-Swin/CSWin; nested `model`/`state_dict`/EMA
     entries and `module.` prefixes are unwrapped), or a `hybridvit train` output directory (its
-    best weights). Size-dependent tensors follow the model: CeiT's `pos_embed` is resampled to the
+    best weights, else its last). Size-dependent tensors follow the model: CeiT's `pos_embed` is resampled to the
     model's token grid as the official fine-tuning code does (create the model at the new size, or
     call `set_input_size` first). The classifier (`model.get_classifier()`) is kept when its shapes
     match and replaced by the model's own fresh one when the class count differs or the checkpoint has
@@ -129,12 +126,10 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> InitRepo
     path = Path(path)
     trained = None
     if path.is_dir():
-        info = path / RUN_INFO
-        if not info.is_file():
-            raise CheckpointError(f"{path} is a directory without {RUN_INFO}: not a hybridvit training output directory")
-        trained = json.loads(info.read_text()).get("model")
-        path = path / RUN_WEIGHTS
-    state = convert_state_dict(model, read_state_dict(path))
+        if not (path / "run.json").is_file():
+            raise CheckpointError(f"{path} is a directory without run.json: not a hybridvit training output directory")
+        trained = json.loads((path / "run.json").read_text()).get("model")
+    state = convert_state_dict(model, read_state_dict(path))  # a run directory: its best, else last weights
     head_keys, head_prefix = classifier_keys(model)
     own = model.state_dict()
     in_ckpt = [k for k in state if head_prefix and k.startswith(head_prefix)]

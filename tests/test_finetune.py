@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 import hybridvit
 from hybridvit.checkpoint import load_pretrained
 from hybridvit.cli import main
+from hybridvit.engine.checkpointing import run_weights
 from hybridvit.engine.recipes import get_recipe
 from hybridvit.engine.train import TrainConfig, Trainer, build_optimizer
 from hybridvit.errors import CheckpointError
@@ -186,7 +187,7 @@ def test_fine_tune_from_digits_run_beats_scratch(tmp_path, capsys):
     tune = ["train", "--model", MODEL, "--data", str(five), "--img-size", "24", "--epochs", "1", "--no-progress"]
     capsys.readouterr()
     assert main([*tune, "--output", str(tmp_path / "ft"), "--init", str(pre)]) == 0
-    assert (f"initialised from {pre / 'best.safetensors'} ({MODEL} run): every weight loaded except the "
+    assert (f"initialised from {pre} ({MODEL} run): every weight loaded except the "
             "classifier, new 5-class classifier head (the checkpoint's has 10)") in capsys.readouterr().out
     assert main([*tune, "--output", str(tmp_path / "scratch")]) == 0
     tuned, scratch = _first_val_top1(tmp_path / "ft"), _first_val_top1(tmp_path / "scratch")
@@ -208,7 +209,7 @@ def test_ceit_init_at_another_size_then_eval(tmp_path, capsys):
     out = tmp_path / "at32"
     assert main(["train", "--model", "ceit_tiny_patch16_224", "--init", str(tmp_path / "t224.pth"), "--img-size", "32",
                  "--output", str(out), "--limit", "16", "--batch-size", "8", "--max-steps", "1", "--no-progress"]) == 0
-    assert load_file(out / "last.safetensors")["pos_embed"].shape == (1, 5, 192)  # a 2x2 grid + class token
+    assert load_file(run_weights(out, "last"))["pos_embed"].shape == (1, 5, 192)  # a 2x2 grid + class token
     from hybridvit.engine.inference import load_trained
 
     assert load_trained(str(out), weights="last").model.pos_embed.shape == (1, 5, 192)  # rebuilt at the run's size
