@@ -273,3 +273,13 @@ def test_frozen_backbone_epochs(tmp_path):
     trainer.train_steps()
     changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(after[k], v)}
     assert "stem.conv.weight" in changed and "stem.bn.running_mean" in changed
+
+
+def test_dense_backbone_takes_a_classification_run_of_any_class_count(tmp_path):
+    """`--backbone-checkpoint` goes through the same loader: a 10-class checkpoint initialises a backbone."""
+    from hybridvit.tasks.backbone import create_feature_extractor
+
+    src = hybridvit.create_model(MODEL, num_classes=10)
+    hybridvit.save_weights(src, tmp_path / "w.safetensors")
+    features = create_feature_extractor(MODEL, pretrained_path=tmp_path / "w.safetensors")
+    assert torch.equal(features.stem.conv.weight, src.stem.conv.weight)

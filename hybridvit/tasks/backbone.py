@@ -24,12 +24,16 @@ def create_feature_extractor(
     """Feature maps of `model_name` at the `feature_info` positions `out_indices` (negative: from the end).
 
     `strides` instead picks, for each output stride, the deepest level at that stride.
-    Weights are loaded into the full classifier first, so classification checkpoints (ours or a
-    reference layout) initialise the backbone.
+    Weights are loaded into the full classifier first by `hybridvit.checkpoint.load_pretrained` (the
+    loader `train --init` uses), so classification checkpoints of any class count (ours, a run
+    directory or a reference layout) initialise the backbone; the classifier itself is dropped.
     """
     from .. import create_model
+    from ..checkpoint import load_pretrained
 
-    model = create_model(model_name, pretrained_path=pretrained_path, **kwargs)
+    model = create_model(model_name, **kwargs)
+    if pretrained_path is not None:
+        load_pretrained(model, pretrained_path)
     if strides is not None:
         out_indices = out_indices_for_strides(model_name, model.feature_info, strides)
     num_levels = len(model.feature_info)
