@@ -283,3 +283,13 @@ def test_dense_backbone_takes_a_classification_run_of_any_class_count(tmp_path):
     hybridvit.save_weights(src, tmp_path / "w.safetensors")
     features = create_feature_extractor(MODEL, pretrained_path=tmp_path / "w.safetensors")
     assert torch.equal(features.stem.conv.weight, src.stem.conv.weight)
+
+
+def test_knobs_from_the_command_line(tmp_path):
+    hybridvit.save_weights(hybridvit.create_model(MODEL, num_classes=10), tmp_path / "w.safetensors")
+    out = tmp_path / "run"
+    assert main(["train", "--model", MODEL, "--output", str(out), "--init", str(tmp_path / "w.safetensors"),
+                 "--layer-decay", "0.75", "--backbone-lr-ratio", "0.1", "--freeze-epochs", "1",
+                 "--limit", "16", "--batch-size", "8", "--max-steps", "1", "--no-progress"]) == 0
+    recipe = json.loads((out / "run.json").read_text())["recipe"]
+    assert (recipe["layer_decay"], recipe["backbone_lr_ratio"], recipe["freeze_epochs"]) == (0.75, 0.1, 1)
