@@ -71,3 +71,22 @@ def test_bad_data_is_one_line_exit_2(tmp_path, capsys):
     for split in ("train", "val"):
         (bad / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
     assert "no usable images in" in run(*TRAIN, str(tmp_path / "o"), "--data", str(bad))
+
+
+def test_backbone_checkpoint_initialises_the_detector(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from hybridvit import create_model
+    from hybridvit.engine.train import TrainConfig, Trainer
+
+    classifier = create_model("hv_mobilevit_xxs", num_classes=10).state_dict()
+    stem = next(v for k, v in classifier.items() if k.startswith("stem") and k.endswith("weight") and v.ndim == 4)
+    save_file(classifier, tmp_path / "cls.safetensors")
+    cfg = TrainConfig("hv_mobilevit_xxs", task="detection", img_size=160, limit=8, batch_size=4, output=str(tmp_path / "o"),
+                      backbone_checkpoint=str(tmp_path / "cls.safetensors"), progress=False)
+    weights = Trainer(cfg).model.state_dict().values()
+    assert any(v.shape == stem.shape and torch.equal(v, stem) for v in weights)
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    assert main([*TRAIN, str(tmp_path / "o"), "--backbone-checkpoint", str(tmp_path / "bad.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and err.count("\n") == 1
