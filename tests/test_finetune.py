@@ -252,6 +252,11 @@ def test_backbone_lr_ratio_and_layer_decay():
     assert scales[id(model.head.fc.weight)] == 1.0 and scales[id(model.stem.conv.weight)] < 0.5 ** 3
     ordered = [scales[id(p)] for p in model.parameters()]
     assert ordered == sorted(ordered)  # deeper layers never get a smaller LR than earlier ones
+    # CeiT: the model's group_matcher makes one layer per encoder block, each decay times the next's LR.
+    ceit = hybridvit.create_model("ceit_tiny_patch16_224", num_classes=5)
+    scales = _lr_scales(build_optimizer(ceit, dataclasses.replace(get_recipe("deit"), layer_decay=0.5), 1e-3))
+    blocks = [scales[id(ceit.blocks[i].attn.qkv.weight)] for i in range(12)]
+    assert all(a == pytest.approx(0.5 * b) for a, b in zip(blocks, blocks[1:])) and scales[id(ceit.head.weight)] == 1.0
     # timm's scheduler applies lr_scale: after a step update each group runs at lr * lr_scale.
     from timm.scheduler import CosineLRScheduler
 
