@@ -9,6 +9,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .output import environment, rows_table, write_results
     from .runner import BenchConfig, resolve_models, run_bench
 
+    if args.task == "detection" and args.head is None:
+        args.head = "ssdlite"
     names = resolve_models(args.model, all_models=args.all, peers=args.peers, head=args.head)
     if not names:
         raise HybridViTError("no models to benchmark: name some, or pass --all / --peers")
@@ -33,6 +35,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="every hybridvit model")
     p.add_argument("--peers", action="store_true",
                    help="add timm's nearest models (MobileViT, MobileNetV3, ...); with --head, torchvision's SSDLite")
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: time detectors (--head, default ssdlite); --head alone implies it")
     p.add_argument("--head", choices=sorted(DETECTION_HEADS),
                    help="time detectors: this head (80 classes) around each model; --res 320 for SSDLite")
     p.add_argument("--res", type=int, nargs="+", default=[224, 256], help="input resolutions (default 224 256)")
