@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 
+from .argtypes import positive_int
 from .errors import HybridViTError
 
 # Each module here defines `add_commands(subparsers)`; its parsers set `func` to a handler.
@@ -78,8 +79,15 @@ def _stage_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes (a bad flag value, a missing argument) as one line with exit code 2, like HybridViTError."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybridvit", description="Lightweight hybrid CNN-ViT models.")
+    parser = _Parser(prog="hybridvit", description="Lightweight hybrid CNN-ViT models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list models with params, MACs and the papers' numbers")
@@ -90,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="per-stage shapes, params and MACs of one model")
     p.add_argument("model")
-    p.add_argument("--res", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--res", type=positive_int, help="input resolution (default: the model's)")
     p.set_defaults(func=cmd_info)
 
     import importlib

@@ -80,5 +80,5 @@ def test_training_reports_skipped_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "done: 1 epochs, 2 steps" in out and "skipped 1 unreadable image(s), e.g. " in out and "cut.jpg" in out
     with pytest.warns(UserWarning):
-        assert main([*argv, "--batch-size", "64"]) == 2
+        assert main([*argv, "--batch-size", "64", "--overwrite"]) == 2
     assert "6 training images split over 1 process(es) do not fill one batch of 64" in capsys.readouterr().err

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..argtypes import device, non_negative_int, positive_int
+
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from ..errors import HybridViTError
@@ -39,12 +41,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="detection: time detectors (--head, default ssdlite); --head alone implies it")
     p.add_argument("--head", choices=sorted(DETECTION_HEADS),
                    help="time detectors: this head (80 classes) around each model; --res 320 for SSDLite")
-    p.add_argument("--res", type=int, nargs="+", default=[224, 256], help="input resolutions (default 224 256)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs per model (default 3)")
-    p.add_argument("--rounds", type=int, default=10, help="timed rounds; each runs every model once (default 10)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, fixed for the run (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--res", type=positive_int, nargs="+", default=[224, 256], help="input resolutions (default 224 256)")
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1], help="batch sizes (default 1)")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs per model (default 3)")
+    p.add_argument("--rounds", type=positive_int, default=10, help="timed rounds; each runs every model once (default 10)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads, fixed for the run (default 1)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu (default) or cuda")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--markdown", action="store_true", help="print a markdown table and write table.md")
     p.add_argument("--out", default="bench_results", help="output folder (default bench_results)")

@@ -34,7 +34,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import atomic_write, fsync_dir, one_line, write_synced
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputError
+from .metrics import CURVES, METRICS
 
 WEIGHTS = "last.safetensors"
 EMA_WEIGHTS = "last_ema.safetensors"
@@ -132,6 +133,30 @@ def restore_rng(state: dict[str, Any]) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=2)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# What a run writes into its output directory; `--overwrite` removes exactly these, nothing else there.
+RUN_FILES = (RUN_INFO, CHECKPOINTS, BEST_WEIGHTS, METRICS, CURVES, "tensorboard")
+
+
+def holds_run(directory: Path) -> bool:
+    return any((Path(directory) / name).exists() for name in RUN_FILES)
+
+
+def start_run(directory: Path, info: dict[str, Any], replace: bool = False) -> None:
+    """Create the output directory (removing a previous run's files if `replace`) and write run.json."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES if replace else ():
+            path = directory / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    except OSError as err:
+        raise OutputError(f"cannot write the output directory {directory}: {err.strerror or one_line(err)}") from None
+    write_json(directory / RUN_INFO, info)
 
 
 def read_run_info(directory: Path) -> dict[str, Any]:

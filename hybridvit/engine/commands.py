@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..argtypes import (
+    device, non_negative_float, non_negative_int, positive_float, positive_int, positive_int_list, seed, unit_interval,
+)
 from ..errors import DataError
-
 from .recipes import RECIPES
-
-
-def _scales(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(","))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -21,10 +19,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         backbone_checkpoint=args.backbone_checkpoint, output=args.output, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, img_size=args.img_size, multi_scale=args.multi_scale,
         scales=args.scales or (), batch_rule=args.batch_rule, warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay,
-        amp=args.amp, resume=args.resume, max_steps=args.max_steps, seed=args.seed, workers=args.workers,
-        device=args.device, progress=not args.no_progress, check_images=args.check_images, limit=args.limit,
-        init=args.init, layer_decay=args.layer_decay, backbone_lr_ratio=args.backbone_lr_ratio,
-        freeze_epochs=args.freeze_epochs,
+        amp=args.amp, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, seed=args.seed,
+        workers=args.workers, device=args.device, dist_timeout=args.dist_timeout, progress=not args.no_progress,
+        check_images=args.check_images, limit=args.limit, init=args.init, layer_decay=args.layer_decay,
+        backbone_lr_ratio=args.backbone_lr_ratio, freeze_epochs=args.freeze_epochs,
     )
     try:
         trainer = Trainer(cfg)
@@ -52,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from torch.utils.data import DataLoader
 
-    from ..data.datasets import TransformedDataset, build_eval_dataset
+    from ..data.datasets import TransformedDataset, build_eval_dataset, skip_unreadable
     from .evaluate import evaluate
     from .inference import load_trained
 
@@ -64,13 +62,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if trained.task == "detection":
         return _eval_detector(trained, args, device)
     dataset = build_eval_dataset(args.data, trained.classes, args.check_images)
-    loader = DataLoader(TransformedDataset(dataset, trained.transform), batch_size=args.batch_size, num_workers=args.workers)
+    loader = DataLoader(TransformedDataset(dataset, trained.transform), batch_size=args.batch_size,
+                        num_workers=args.workers, collate_fn=skip_unreadable)
+    scanned = len(getattr(dataset, "skipped", []))  # unreadable at the scan, not in len(dataset)
     result = evaluate(trained.model, loader, device)
+    # Plus those unreadable at load time, counted from what was evaluated (right with workers too).
+    skipped = scanned + len(dataset) - result["count"]
+    if result["count"] == 0:
+        raise DataError(f"none of the {len(dataset)} images could be read ({skipped} unreadable)")
     print(f"{result['count']} images at {trained.img_size}px: top-1 {result['top1']:.2f}% "
           f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}")
-    skipped = getattr(dataset, "skipped", [])
     if skipped:
-        print(f"skipped {len(skipped)} unreadable image(s)")
+        print(f"skipped {skipped} unreadable image(s)")
 
 
 def _eval_detector(trained, args: argparse.Namespace, device) -> None:
@@ -146,8 +149,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="classification: ImageFolder tree with train/ and val/ (default: embedded scikit-learn "
                                   "digits); detection: COCO tree with annotations/instances_{train,val}*.json "
                                   "(default: embedded digit scenes)")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the recipe's, else the model's)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--img-size", type=positive_int, help="input resolution (default: the recipe's, else the model's)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading worker processes")
     p.add_argument("--check-images", choices=("full", "header", "none"), default="full",
                    help="scan image files up front: decode fully (default), headers only, or not at all")
 
@@ -161,26 +164,31 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="detection: classification weights for the backbone (ours, a run directory, or any converter layout)")
     p.add_argument("--recipe", help=f"training recipe: {', '.join(RECIPES)} (default: digits; detection: digit_scenes)")
     p.add_argument("--output", default="runs/train", help="output directory (checkpoints, metrics.csv, curves.png)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process, at the base resolution")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, help="per process, at the base resolution")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--warmup-epochs", type=non_negative_float)
     p.add_argument("--multi-scale", action=argparse.BooleanOptionalAction, default=None,
                    help="MobileViT multi-scale variable-batch sampler (default: the recipe's)")
-    p.add_argument("--scales", type=_scales, help="explicit training resolutions, e.g. 24,32,40")
+    p.add_argument("--scales", type=positive_int_list, help="explicit training resolutions, e.g. 24,32,40")
     p.add_argument("--batch-rule", choices=("v0.1", "head"), help="batch size per scale (spec mobilevit.md §4.3)")
-    p.add_argument("--ema-decay", type=float, help="EMA of weights per step, evaluated (0: off; default: the recipe's)")
+    p.add_argument("--ema-decay", type=unit_interval, help="EMA of weights per step, evaluated (0: off; default: the recipe's)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output exactly where it stopped (flags left out take the saved values)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     p.add_argument("--init", help="fine-tune: start from these weights (a run directory, or a weights file in any "
                    "layout hybridvit.convert reads); a new classifier if the class count differs")
-    p.add_argument("--layer-decay", type=float, help="layer-wise LR decay per layer from the head, e.g. 0.75")
-    p.add_argument("--backbone-lr-ratio", type=float, help="LR of all but the classifier, relative to it, e.g. 0.1")
-    p.add_argument("--freeze-epochs", type=int, help="train only the classifier for this many epochs first")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (checkpoint kept)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the local GPU if any)")
-    p.add_argument("--limit", type=int, help="use only this many train and val images (quick checks)")
+    p.add_argument("--layer-decay", type=positive_float, help="layer-wise LR decay per layer from the head, e.g. 0.75")
+    p.add_argument("--backbone-lr-ratio", type=non_negative_float,
+                   help="LR of all but the classifier, relative to it, e.g. 0.1")
+    p.add_argument("--freeze-epochs", type=non_negative_int, help="train only the classifier for this many epochs first")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps in total (checkpoint kept)")
+    p.add_argument("--seed", type=seed, help="random seed (default 0)")
+    p.add_argument("--device", type=device, help="cpu, cuda, cuda:1 ... (default: the local GPU if any)")
+    p.add_argument("--dist-timeout", type=positive_float, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before stopping with an error (default 600)")
+    p.add_argument("--limit", type=positive_int, help="use only this many train and val images (quick checks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -191,12 +199,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--weights", choices=("best", "last", "ema"), default="best", help="which weights of an output directory")
         if verb == "eval":
             _common(p)
-            p.add_argument("--batch-size", type=int, default=64)
-            p.add_argument("--device", help="cpu, cuda ... (default: a GPU if any)")
+            p.add_argument("--batch-size", type=positive_int, default=64)
+            p.add_argument("--device", type=device, help="cpu, cuda ... (default: a GPU if any)")
         else:
             p.add_argument("images", nargs="+", help="image files")
-            p.add_argument("--img-size", type=int)
-            p.add_argument("--topk", type=int, default=5)
+            p.add_argument("--img-size", type=positive_int)
+            p.add_argument("--topk", type=positive_int, default=5)
             p.add_argument("--out", default="predictions", help="detection: folder for the PNGs with boxes and results.json")
             p.add_argument("--score-threshold", type=float, default=0.3, help="detection: lowest score drawn and written")
         p.set_defaults(func=func)

@@ -27,8 +27,10 @@ def evaluate(
     """Mean cross-entropy and top-1/top-5 accuracy (%) of `model` on `loader`, over every rank's shard."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, count
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
+    for batch in loader:
+        if batch is None:  # every image of the batch was unreadable (see data.datasets.skip_unreadable)
+            continue
+        images, targets = batch[0].to(device), batch[1].to(device)
         with autocast(device, amp):
             logits = model(images)
         logits = logits.float()
@@ -41,5 +43,5 @@ def evaluate(
             torch.tensor(float(len(targets)), dtype=torch.float64, device=device),
         ])
     loss, top1, top5, count = all_reduce_sum(sums, info).tolist()
-    count = max(count, 1.0)
-    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count, "count": int(count)}
+    n = max(count, 1.0)
+    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "count": int(count)}

@@ -1,7 +1,6 @@
 """Load a trained model from a training output directory (or a weights file) for `eval` and `predict`."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,8 +8,8 @@ from typing import Any
 import torch
 from timm.data import create_transform, resolve_data_config
 
-from ..data.datasets import open_rgb
 from ..checkpoint import one_line
+from ..data.datasets import UNREADABLE, open_rgb
 from ..errors import CheckpointError, DataError
 from . import checkpointing as ckpt
 from .finetune import match_input_size
@@ -38,8 +37,7 @@ def load_trained(checkpoint: str, model_name: str | None = None, weights: str = 
         info = ckpt.read_run_info(path)
         file = ckpt.run_weights(path, weights)
     elif path.is_file():
-        info_path = path.parent / ckpt.RUN_INFO
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        info = ckpt.read_run_info(path.parent) if (path.parent / ckpt.RUN_INFO).is_file() else {}
         file = path
     else:
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -50,7 +48,7 @@ def load_trained(checkpoint: str, model_name: str | None = None, weights: str = 
         raise CheckpointError(f"checkpoint {path} was trained for model {info['model']}, not {model_name}")
     if info.get("task") == "detection":
         return _load_detector(name, info, file, img_size)
-    kwargs = {"num_classes": info["num_classes"]} if info else {}
+    kwargs = {"num_classes": info["num_classes"]} if isinstance(info.get("num_classes"), int) else {}
     model = create_model(name, **kwargs)
     size = img_size or info.get("img_size") or resolve_data_config({}, model=model)["input_size"][-1]
     match_input_size(model, info.get("img_size") or size)  # the size the run trained at (CeiT's pos_embed)
@@ -63,6 +61,10 @@ def load_trained(checkpoint: str, model_name: str | None = None, weights: str = 
         std=tuple(info.get("std", data_cfg["std"])),
     )
     classes = info.get("classes") or [str(i) for i in range(model.num_classes)]
+    if len(classes) != model.num_classes:
+        raise CheckpointError(
+            f"{ckpt.RUN_INFO} of {path} lists {len(classes)} classes but the model's head has {model.num_classes}"
+        )
     return TrainedModel(model, classes, transform, size, info)
 
 
@@ -89,8 +91,8 @@ def detect_files(trained: TrainedModel, files: list[str]) -> list[dict[str, torc
     for file in files:
         try:
             images.append(TF.to_dtype(TF.pil_to_tensor(open_rgb(file)), torch.float32, scale=True))
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read image {file}: {err}") from None
+        except UNREADABLE as err:
+            raise DataError(f"cannot read image {file}: {one_line(err)}") from None
     return trained.model(images)
 
 
@@ -101,8 +103,8 @@ def predict_files(trained: TrainedModel, files: list[str], topk: int = 5) -> lis
     for file in files:
         try:
             images.append(trained.transform(open_rgb(file)))
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read image {file}: {err}") from None
+        except UNREADABLE as err:
+            raise DataError(f"cannot read image {file}: {one_line(err)}") from None
     probs = trained.model(torch.stack(images)).softmax(dim=1)
     values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
     return [

@@ -33,7 +33,7 @@ from timm.data import Mixup, create_transform, resolve_data_config
 from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data.datasets import DataSplits, TransformedDataset, build_datasets
+from ..data.datasets import DataSplits, TransformedDataset, build_datasets, skip_unreadable
 from ..data.sampler import MultiScaleBatchSampler, ScheduledTransformDataset, multi_scale_resolutions
 from ..errors import DataError, HybridViTError
 from .distributed import DistInfo, all_gather_objects, broadcast_object
@@ -138,7 +138,8 @@ class ClassificationTask:
             mean=self.mean, std=self.std,
         )
         val = shard(TransformedDataset(dataset, val_tf), self.info)
-        return private_loader(val, self.cfg.seed, self.cfg.workers, batch_size=2 * self.recipe.batch_size)
+        return private_loader(val, self.cfg.seed, self.cfg.workers, batch_size=2 * self.recipe.batch_size,
+                              collate_fn=skip_unreadable)
 
     @property
     def eval_interpolation(self) -> str:

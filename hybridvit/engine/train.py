@@ -45,7 +45,7 @@ class TrainConfig:
 
     model: str
     data: str | None = None  # None: the task's embedded default (scikit-learn digits, digit scenes)
-    recipe: str | None = None  # None: the task's default recipe
+    recipe: str | None = None  # None: the task's default recipe (or, on resume, the saved run's)
     task: str = "classification"  # a name in engine/tasks.py TASKS
     head: str | None = None  # detection head (None: ssdlite)
     backbone_checkpoint: str | None = None  # classification weights for a detector's backbone (any converter layout)
@@ -61,10 +61,12 @@ class TrainConfig:
     ema_decay: float | None = None  # 0 turns EMA off; > 0 turns it on (evaluated) with this decay per step
     amp: bool | None = None
     resume: bool = False
+    overwrite: bool = False  # replace a run already in `output` (without it, training there is refused)
     max_steps: int | None = None  # stop after this many optimizer steps in total, keeping a checkpoint
-    seed: int = 0
+    seed: int | None = None  # None: 0 (or, on resume, the saved run's)
     workers: int = 0
     device: str | None = None
+    dist_timeout: float | None = None  # seconds a rank waits for the others in a collective (None: 600)
     progress: bool = True
     check_images: str = "full"
     limit: int | None = None  # use only this many train and val images (a fixed random subset), for quick checks
@@ -75,6 +77,46 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         finetune.check_init(self.init, self.resume)
+
+
+# The flags that define a run: recorded in run.json; on resume, a flag left out takes the saved value
+# and a flag given with another value is refused (a resume continues the same run, bit-exactly).
+RUN_FLAGS = ("model", "task", "head", "data", "recipe", "epochs", "batch_size", "lr", "img_size", "multi_scale",
+             "scales", "batch_rule", "warmup_epochs", "ema_decay", "amp", "seed", "limit", "layer_decay",
+             "backbone_lr_ratio", "freeze_epochs")
+
+
+def run_flags(cfg: TrainConfig) -> dict[str, Any]:
+    """The run-defining flags of `cfg` in run.json form (data as an absolute path, scales as a list)."""
+    flags = {name: getattr(cfg, name) for name in RUN_FLAGS}
+    flags["data"] = str(Path(cfg.data).resolve()) if cfg.data else None
+    flags["scales"] = list(cfg.scales)
+    return flags
+
+
+def resume_config(cfg: TrainConfig, info: dict[str, Any], out: Path) -> TrainConfig:
+    """`cfg` completed with the saved flags of the run in `out`; a conflicting flag is an error naming each."""
+    if info["model"] != cfg.model:
+        raise CheckpointError(f"cannot resume: {out} holds a {info['model']} run, not {cfg.model}")
+    saved = info.get("flags")
+    if not isinstance(saved, dict) or set(RUN_FLAGS) - set(saved):
+        raise CheckpointError(f"cannot resume: {out}/{ckpt.RUN_INFO} does not record the run's flags")
+    given = run_flags(cfg)
+    unset = (None, [])
+
+    def shown(value: Any) -> str:
+        return "unset" if value in unset else repr(value)
+
+    conflicts = [f"--{k.replace('_', '-')} {shown(given[k])} (saved {shown(saved[k])})"
+                 for k in RUN_FLAGS if given[k] not in unset and given[k] != saved[k]]
+    if conflicts:
+        raise CheckpointError(
+            f"cannot resume {out} with other settings: {', '.join(conflicts)}; leave these flags out to keep the "
+            "saved values, or train into another --output"
+        )
+    merged = {k: saved[k] if given[k] in unset else given[k] for k in RUN_FLAGS}
+    merged.update(scales=tuple(merged["scales"]), data=cfg.data or saved["data"])
+    return dataclasses.replace(cfg, **merged)
 
 
 def resolve_recipe(cfg: TrainConfig) -> Recipe:
@@ -119,24 +161,32 @@ class Trainer:
     """Builds the task's model and data, optimizer and schedule from a TrainConfig, then `run()`s the epochs."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
+        self.out = Path(cfg.output)
+        saved = ckpt.read_run_info(self.out) if cfg.resume else None
+        if saved is not None:
+            cfg = resume_config(cfg, saved, self.out)
+        elif ckpt.holds_run(self.out) and not cfg.overwrite:
+            raise CheckpointError(f"{self.out} already holds a training run: pass --resume to continue it or --overwrite to replace it")
+        self.cfg = cfg = dataclasses.replace(cfg, seed=cfg.seed or 0)
         self.recipe = recipe = resolve_recipe(cfg)
         self.device = resolve_device(cfg.device)
-        self.info = init_distributed(self.device)
-        self.out = Path(cfg.output)
-        if cfg.resume:
-            info = ckpt.read_run_info(self.out)
-            trained, trained_task = info["model"], info.get("task", "classification")
-            if trained != cfg.model:
-                raise CheckpointError(f"cannot resume: {self.out} holds a {trained} run, not {cfg.model}")
-            if trained_task != cfg.task:
-                raise CheckpointError(f"cannot resume: {self.out} holds a {trained_task} run, not {cfg.task}")
+        self.info = init_distributed(self.device, cfg.dist_timeout)
+        if saved is not None and saved.get("world_size") != self.info.world_size:
+            raise CheckpointError(
+                f"cannot resume: {self.out} was trained by {saved.get('world_size')} process(es), this is "
+                f"{self.info.world_size}; resume with the same torchrun --nproc_per_node"
+            )
         _seed_everything(cfg.seed + self.info.rank)
         self.task = task = task_class(cfg.task)(cfg, recipe, self.device, self.info)
 
         self.data = task.build_data()
         if cfg.limit:
             self.data.train, self.data.val = (_subset(d, cfg.limit) for d in (self.data.train, self.data.val))
+        if saved is not None and saved.get("classes") != self.data.classes:
+            raise CheckpointError(
+                f"cannot resume: the classes in the data changed since {self.out} was trained "
+                f"({len(saved.get('classes') or [])} then, {len(self.data.classes)} now)"
+            )
         model = task.build_model(len(self.data.classes)).to(self.device)
         if cfg.init and task.name != "classification":
             raise HybridViTError("--init fine-tunes classifiers; a detector's backbone takes --backbone-checkpoint (same loader)")
@@ -177,6 +227,7 @@ class Trainer:
             "model": self.cfg.model, "task": self.task.name, "classes": self.data.classes, **self.task.run_info(),
             "recipe": dataclasses.asdict(self.recipe), "data": self.data.source,
             "seed": self.cfg.seed, "world_size": self.info.world_size, "init": self.cfg.init,
+            "flags": run_flags(self.cfg),
         }
 
     def save(self) -> None:
@@ -263,11 +314,10 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train until the recipe's last epoch (or `max_steps`); returns a summary."""
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.cfg.resume:
             self.load()
         elif self.info.is_main:
-            ckpt.write_json(self.out / ckpt.RUN_INFO, self.run_info())
+            ckpt.start_run(self.out, self.run_info(), replace=self.cfg.overwrite)
         self.scheduler.step_update(self.global_step)
         logger = (MetricsLogger(self.out, self.metric_fields(), epochs_done=self.epoch if self.cfg.resume else None)
                   if self.info.is_main else None)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
 import torch
 
-from ..errors import HybridViTError, UnknownModelError
+from ..checkpoint import load_weights, one_line, read_state_dict
+from ..engine.checkpointing import RUN_INFO, read_run_info
+from ..errors import HybridViTError, OutputError, UnknownModelError
 from ..models import list_models, paper_entry
 from .coreml import export_coreml
 from .fuse_bn import fuse_bn
@@ -41,17 +44,38 @@ def check_format(fmt: str) -> None:
         raise ExportError(f"unsupported export format '{fmt}'; choose one of {', '.join(FORMATS)}")
 
 
-def load_model(name: str, checkpoint: str | os.PathLike | None = None) -> torch.nn.Module:
-    """A hybridvit model (weights converted on load) or any timm model, in eval mode."""
+def load_model(name: str, checkpoint: str | os.PathLike | None = None, num_classes: int | None = None) -> torch.nn.Module:
+    """A hybridvit model (weights converted on load) or any timm model, in eval mode.
+
+    The class count is `num_classes`, else the checkpoint's (its run.json, or its classifier's rows).
+    """
+    if name not in list_models() and not timm.is_model(name):
+        close = difflib.get_close_matches(name, sorted(set(list_models() + timm.list_models())), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; run `hybridvit models` for the list"
+        raise UnknownModelError(f"unknown model '{name}'{hint}")
+    if num_classes is None and checkpoint is not None:
+        num_classes = checkpoint_classes(name, checkpoint)
+    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     if name in list_models():
         from .. import create_model
 
-        return create_model(name, pretrained_path=checkpoint).eval()
-    if timm.is_model(name):
-        return timm.create_model(name, pretrained=False, checkpoint_path=str(checkpoint or "")).eval()
-    close = difflib.get_close_matches(name, list_models() + timm.list_models(), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; run `hybridvit models` for the list"
-    raise UnknownModelError(f"unknown model '{name}'{hint}")
+        return create_model(name, pretrained_path=checkpoint, **kwargs).eval()
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    return model.eval()
+
+
+def checkpoint_classes(name: str, checkpoint: str | os.PathLike) -> int | None:
+    """How many classes `checkpoint` was trained for: its run directory's run.json, else its classifier's rows."""
+    path = Path(checkpoint)
+    run_dir = path if path.is_dir() else path.parent
+    if (run_dir / RUN_INFO).is_file():
+        return read_run_info(run_dir).get("num_classes")
+    with torch.device("meta"):
+        head = timm.create_model(name, pretrained=False).pretrained_cfg.get("classifier")
+    weight = read_state_dict(path).get(f"{head}.weight") if isinstance(head, str) else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim > 0 else None
 
 
 def default_resolution(name: str, model: torch.nn.Module) -> int:
@@ -83,9 +107,51 @@ def export_model(
     model = (model if model is not None else load_model(name, checkpoint)).eval()
     res = res or default_resolution(name, model)
     path = Path(out) if out else Path(f"{name}{FORMATS[fmt]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and fmt != "coreml":
+        raise OutputError(f"--out {path} is a directory; give the file to write, e.g. {path / (name + FORMATS[fmt])}")
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/full, a FIFO: never replaced by a rename
+        raise OutputError(f"--out {path} is not a regular file; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the folder of --out {path}: {err.strerror or one_line(err)}") from None
     in_chans = getattr(model, "in_chans", 3)
     x = torch.randn(batch, in_chans, res, res)
+    with torch.inference_mode():
+        if not torch.isfinite(model(x)).all():
+            raise ExportError(f"{name} gives NaN or inf outputs on a random input (damaged weights?); not exported")
+    # Written and checked under a temporary name, then renamed: a failed export leaves `path` as it was.
+    final, path = path, path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        result = _export_checked(model, fmt, path, x, res, dynamic, fold_bn, atol)
+        _replace(path, final)
+    finally:
+        _remove(path)
+    result.path = final
+    return result
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        if path.is_dir():  # a Core ML package is a folder
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or one_line(err)}") from None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def _export_checked(
+    model: torch.nn.Module, fmt: str, path: Path, x: torch.Tensor, res: int, dynamic: bool, fold_bn: bool, atol: float
+) -> ExportResult:
+    """Write `model` as `fmt` to `path` and check it against eager (see `export_model`)."""
+    batch, in_chans = x.shape[0], x.shape[1]
     notes: list[str] = []
     if fold_bn:
         model = fuse_bn(model, x)
@@ -106,10 +172,13 @@ def export_model(
         return err, err
 
     def write(dynamic_hw: bool) -> None:
-        if fmt == "onnx":
-            export_onnx(model, x, path, dynamic_hw)
-        else:
-            export_torchscript(model, x, path)
+        try:
+            if fmt == "onnx":
+                export_onnx(model, x, path, dynamic_hw)
+            else:
+                export_torchscript(model, x, path)
+        except OSError as err:
+            raise OutputError(f"cannot write the export into {path.parent}: {err.strerror or one_line(err)}") from None
 
     dynamic_hw = False
     if dynamic:
@@ -128,7 +197,7 @@ def export_model(
         write(dynamic_hw=False)
     checked = [x] + other_batch + (other_res if dynamic_hw else [])
     err, unreplayed = check(checked)
-    if err > atol:
+    if not err <= atol:  # NaN included
         raise ExportError(f"exported {fmt} graph differs from the eager model (max error {err:.3g} > {atol:g})")
     if unreplayed > atol:
         notes.append(

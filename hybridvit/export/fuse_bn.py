@@ -73,8 +73,11 @@ def fuse_bn(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) -> nn.M
         _set_submodule(model, conv_name, fuse_conv_bn_eval(conv, bn))
         _set_submodule(model, bn_name, _replacement(bn))
     with torch.inference_mode():
-        err = (model(example) - before).abs().max().item()
-    if err > atol * max(1.0, before.abs().max().item()):
+        after = model(example)
+        err = (after - before).abs().max().item()
+    if not (torch.isfinite(before).all() and torch.isfinite(after).all()):
+        raise HybridViTError("BatchNorm folding refused: the model's outputs are not finite (NaN or inf weights?)")
+    if not err <= atol * max(1.0, before.abs().max().item()):
         raise HybridViTError(f"BatchNorm folding changed the outputs (max error {err:.2e}); not folded")
     return model
 

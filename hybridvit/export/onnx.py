@@ -58,7 +58,8 @@ def session_with_cut_orders(path: Path):
 
 
 def onnx_max_error(model: torch.nn.Module, path: Path, inputs: list[torch.Tensor]) -> tuple[float, float]:
-    """Largest |onnxruntime - eager| over `inputs`, relative to max(1, |eager|max); inf if ORT fails.
+    """Largest |onnxruntime - eager| over `inputs`, relative to max(1, |eager|max); inf if ORT fails or
+    either output is not finite.
 
     Returns (error with onnxruntime's FSLA cuts replayed in eager, error without). They differ only for
     BOAT: its clustering cuts each group at the median, a discontinuity, so float32 rounding in the
@@ -80,8 +81,8 @@ def onnx_max_error(model: torch.nn.Module, path: Path, inputs: list[torch.Tensor
                         replayed = model(x).float().cpu().numpy()
                 except RuntimeError:  # the graph made a different number (or shape) of cuts
                     return float("inf"), float("inf")
-        if got.shape != free.shape:
-            return float("inf"), float("inf")
+        if got.shape != free.shape or not (np.isfinite(got).all() and np.isfinite(free).all()):
+            return float("inf"), float("inf")  # a NaN would compare as no error at all
         scale = max(1.0, float(np.abs(free).max()))
         worst = max(worst, float(np.abs(got - replayed).max()) / scale)
         free_worst = max(free_worst, float(np.abs(got - free).max()) / scale)

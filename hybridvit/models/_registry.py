@@ -46,6 +46,8 @@ def paper_entry(name: str) -> PaperEntry:
 
 def check_model_name(name: str) -> None:
     """Raise UnknownModelError naming the closest registered names."""
+    if not isinstance(name, str):
+        raise UnknownModelError(f"a model name must be a string, not {type(name).__name__}; run `hybridvit models` for the list")
     if name in _ENTRIES:
         return
     close = difflib.get_close_matches(name, list(_ENTRIES), n=3, cutoff=0.5)
