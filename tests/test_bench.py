@@ -108,3 +108,13 @@ def test_bench_times_detectors_beside_torchvision_ssdlite():
     assert ours.params_m == pytest.approx(1.755, abs=1e-3)  # SSDLite-MobileViT-XXS, 80 classes
     assert peer.params_m == pytest.approx(3.440, abs=1e-3)  # torchvision's, 91 classes
     assert ours.latency_ms > 0 and peer.latency_ms > 0 and ours.gmacs > 0.5
+
+
+def test_segmenters_bench_as_head_colon_backbone():
+    rows = run_bench(["deeplabv3:hv_mobilevit_xxs"], BenchConfig(resolutions=(64,), warmup=0, rounds=1, memory=False),
+                     log=lambda msg: None)
+    assert rows[0].model == "deeplabv3:hv_mobilevit_xxs" and rows[0].source == "hybridvit"
+    assert rows[0].params_m == pytest.approx(1.854853, abs=1e-6)  # 21 VOC classes, the paper's 1.9M
+    assert rows[0].latency_ms > 0 and rows[0].gmacs > 0
+    with pytest.raises(UnknownModelError, match="unknown segmentation head 'pspnet'"):
+        resolve_models(["pspnet:hv_mobilevit_xxs"])

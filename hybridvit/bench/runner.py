@@ -95,6 +95,14 @@ def resolve_models(
 def check_bench_name(name: str, head: str | None = None) -> None:
     if name in list_models() or (head and name in DETECTION_PEERS) or (not head and timm.is_model(name)):
         return
+    seg_head, sep, backbone = name.partition(":")
+    if sep and head is None:  # HEAD:BACKBONE, a segmenter (hybridvit.tasks.segmenter_from_spec)
+        from ..tasks import SEGMENTATION_HEADS
+
+        if seg_head not in SEGMENTATION_HEADS:
+            raise UnknownModelError(f"unknown segmentation head '{seg_head}' in '{name}'; choose one of "
+                                    f"{', '.join(SEGMENTATION_HEADS)}")
+        return check_bench_name(backbone)
     close = difflib.get_close_matches(name, list_models() + timm.list_models(), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; run `hybridvit models` or see timm.list_models()"
     raise UnknownModelError(f"unknown model '{name}' (neither a hybridvit nor a timm model){hint}")
@@ -117,7 +125,10 @@ class DetectorOnBatch(torch.nn.Module):
 def _create(name: str, head: str | None = None) -> torch.nn.Module:
     # Random weights: speed and memory do not depend on them, and peers need no download.
     if head is None:
-        return timm.create_model(name, pretrained=False).eval()
+        from ..tasks import segmenter_from_spec
+
+        segmenter = segmenter_from_spec(name)
+        return (segmenter if segmenter is not None else timm.create_model(name, pretrained=False)).eval()
     if name in DETECTION_PEERS:
         import torchvision.models.detection as tv_detection
 
@@ -187,4 +198,4 @@ def run_bench(names: Sequence[str], cfg: BenchConfig, log=print) -> list[BenchRo
 
 
 def _source(name: str, ours: set[str]) -> str:
-    return "hybridvit" if name in ours else "torchvision" if name in DETECTION_PEERS else "timm"
+    return "hybridvit" if name.rpartition(":")[2] in ours else "torchvision" if name in DETECTION_PEERS else "timm"

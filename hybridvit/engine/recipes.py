@@ -54,6 +54,11 @@ class Recipe:
     layer_decay: float | None = None  # layer-wise LR decay: layer i of n gets lr * layer_decay**(n - 1 - i)
     backbone_lr_ratio: float = 1.0  # LR of everything but the classifier, relative to the classifier's
     freeze_epochs: int = 0  # train only the classifier for this many epochs first
+    # segmentation: shorter side resized to base_size x U(ratio_range), then an img_size crop (mmseg's
+    # RandomResize ratio_range + RandomCrop); the head's parameters get head_lr_mult x the learning rate
+    base_size: int | None = None  # None: img_size
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    head_lr_mult: float = 1.0
     notes: tuple[str, ...] = field(default=())
 
 
@@ -154,6 +159,50 @@ RECIPES: dict[str, Recipe] = {
         hflip=0.0,  # mirrored digits are other glyphs
     ),
 }
+
+# Segmentation recipes (docs/segmentation.md). The sources' poly schedules (SegFormer, UperNet) run as
+# the trainer's cosine; iteration budgets are converted to epochs over the source's dataset.
+RECIPES.update({
+    "digit_scenes_seg": Recipe(
+        name="digit_scenes_seg",
+        source="ours: a few-minute CPU segmentation run on the embedded digit scenes (not from a paper)",
+        epochs=10, batch_size=16, ref_batch=16,
+        lr=2e-3, min_lr=1e-5, warmup_lr=1e-4, warmup_epochs=1,
+        weight_decay=0.01, label_smoothing=0.0, ema_decay=None,
+        img_size=128, base_size=128, ratio_range=(0.75, 1.5),
+        hflip=0.0,  # mirrored digits are other glyphs
+        notes=("from scratch, so no head learning-rate multiplier (it is for a pretrained backbone)",),
+    ),
+    "deeplabv3": Recipe(
+        name="deeplabv3",
+        source="MobileViT App. D + ml-cvnets v0.1 config/segmentation/deeplabv3_mobilevit_*.yaml (PASCAL VOC)",
+        epochs=50, batch_size=32, ref_batch=128,
+        lr=9e-4, min_lr=1e-6, warmup_lr=9e-5, warmup_steps=500,
+        weight_decay=0.01, decay_all=True, label_smoothing=0.0, ema_decay=0.9995, eval_ema=True,
+        img_size=512, base_size=512, ratio_range=(0.5, 2.0),  # cvnets random_resize 256..1024, crop 512
+        head_lr_mult=10.0,
+    ),
+    "segformer": Recipe(
+        name="segformer",
+        source="XFormer's all-MLP decoder: NVlabs/SegFormer local_configs/segformer/B0/segformer.b0.1024x1024.city.160k.py",
+        epochs=430, batch_size=1, ref_batch=8,  # 160k iterations x 8 images over Cityscapes' 2975
+        lr=6e-5, min_lr=0.0, warmup_lr=6e-11, warmup_steps=1500,
+        weight_decay=0.01, label_smoothing=0.0,
+        img_size=1024, base_size=1024, ratio_range=(0.5, 2.0),  # Resize (2048, 1024) ratio 0.5-2, crop 1024
+        head_lr_mult=10.0,
+        notes=("poly schedule (power 1) run as cosine", "PhotoMetricDistortion not applied"),
+    ),
+    "upernet": Recipe(
+        name="upernet",
+        source="BOAT-CSWin = CSWin segmentation/configs/cswin/upernet_cswin_*.py (ADE20K, 160k)",
+        epochs=127, batch_size=2, ref_batch=16,  # 160k iterations x 16 images over ADE20K's 20210
+        lr=6e-5, min_lr=0.0, warmup_lr=6e-11, warmup_steps=1500,
+        weight_decay=0.01, label_smoothing=0.0, drop_path=0.3,
+        img_size=512, base_size=512, ratio_range=(0.5, 2.0),  # Resize (2048, 512) ratio 0.5-2, crop 512
+        notes=("CSWin's config has no head learning-rate multiplier", "poly schedule (power 1) run as cosine",
+               "PhotoMetricDistortion not applied"),
+    ),
+})
 
 
 def get_recipe(name: str) -> Recipe:

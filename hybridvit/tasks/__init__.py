@@ -4,7 +4,7 @@ from .backbone import FPNBackbone, create_feature_extractor
 from .detection import DETECTION_HEADS, create_detector
 from .maskrcnn import create_maskrcnn
 from .retinanet import create_retinanet
-from .segmentation import SEGMENTATION_HEADS, Segmenter, create_segmenter
+from .segmentation import SEGMENTATION_HEADS, Segmenter, create_segmenter, segmenter_from_spec
 from .ssdlite import create_ssdlite
 from .yolov3 import YOLOv3, create_yolov3
 
@@ -20,5 +20,6 @@ __all__ = [
     "create_retinanet",
     "create_segmenter",
     "create_ssdlite",
+    "segmenter_from_spec",
     "create_yolov3",
 ]

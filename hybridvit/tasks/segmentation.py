@@ -33,14 +33,20 @@ class HeadSpec:
     output_stride: int = 32  # dilate the backbone to this stride (timm's `output_stride`)
     aux_level: int | None = None  # index into the tapped levels for the auxiliary FCN head
     aux_weight: float = 0.0
+    paper_classes: int = 21  # classes of the paper's dataset (for `hybridvit bench HEAD:BACKBONE`)
     source: str = ""
 
 
 SEGMENTATION_HEADS: dict[str, HeadSpec] = {
-    "deeplabv3": HeadSpec(DeepLabV3Head, None, output_stride=16, source="MobileViT §4.3, ml-cvnets v0.1 deeplabv3"),
-    "allmlp": HeadSpec(AllMLPHead, (4, 8, 16, 32), source="XFormer abstract, NVlabs/SegFormer segformer_head.py"),
+    "deeplabv3": HeadSpec(
+        DeepLabV3Head, None, output_stride=16, paper_classes=21, source="MobileViT §4.3, ml-cvnets v0.1 deeplabv3"
+    ),
+    "allmlp": HeadSpec(
+        AllMLPHead, (4, 8, 16, 32), paper_classes=19, source="XFormer abstract, NVlabs/SegFormer segformer_head.py"
+    ),
     "upernet": HeadSpec(
-        UperNetHead, (4, 8, 16, 32), aux_level=2, aux_weight=0.4, source="BOAT / CSWin upernet configs, mmseg UPerHead"
+        UperNetHead, (4, 8, 16, 32), aux_level=2, aux_weight=0.4, paper_classes=150,
+        source="BOAT / CSWin upernet configs, mmseg UPerHead",
     ),
 }
 
@@ -93,19 +99,23 @@ def create_segmenter(
     output_stride: int | None = None,
     pretrained_path: str | os.PathLike | None = None,
     aux: bool = True,
+    backbone_kwargs: dict | None = None,
     **head_kwargs,
 ) -> Segmenter:
     """Segmentation `head` ('deeplabv3', 'allmlp', 'upernet') around the registered model `backbone`.
 
     `output_stride` overrides the head's (DeepLabv3: 16); `pretrained_path` loads classification
     weights into the backbone first; `aux=False` drops UperNet's auxiliary head; `head_kwargs` go to
-    the head (e.g. `aspp_rates`, `embed_dim`, `channels`).
+    the head (e.g. `aspp_rates`, `embed_dim`, `channels`), `backbone_kwargs` to the backbone's constructor
+    (e.g. `drop_path_rate`).
     """
     if head not in SEGMENTATION_HEADS:
         raise UnknownHeadError(f"unknown segmentation head '{head}'; choose one of {', '.join(SEGMENTATION_HEADS)}")
     spec = SEGMENTATION_HEADS[head]
     output_stride = output_stride or spec.output_stride
-    model_kwargs = {} if output_stride == 32 else {"output_stride": output_stride}
+    model_kwargs = dict(backbone_kwargs or {})
+    if output_stride != 32:
+        model_kwargs["output_stride"] = output_stride
     try:
         if spec.strides is None:
             features = create_feature_extractor(backbone, out_indices=(-1,), pretrained_path=pretrained_path, **model_kwargs)
@@ -126,3 +136,12 @@ def create_segmenter(
     return Segmenter(
         features, spec.build(channels, num_classes, **head_kwargs), aux_head, spec.aux_level or 0, spec.aux_weight
     )
+
+
+def segmenter_from_spec(spec: str) -> Segmenter | None:
+    """`"HEAD:BACKBONE"` (e.g. `deeplabv3:hv_mobilevit_s`) -> that segmenter with its paper's class count
+    (VOC 21, Cityscapes 19, ADE20K 150); None for a name without a segmentation head prefix."""
+    head, sep, backbone = spec.partition(":")
+    if not sep or head not in SEGMENTATION_HEADS:
+        return None
+    return create_segmenter(head, backbone, SEGMENTATION_HEADS[head].paper_classes)
