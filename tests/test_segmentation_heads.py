@@ -67,3 +67,12 @@ def test_clear_errors():
         _meta("upernet", "ceit_tiny_patch16_224", 4)  # a plain ViT: every level at stride 16
     with pytest.raises(UnsupportedBackboneError, match="output stride 16"):
         _meta("deeplabv3", "boat_swin_tiny", 4)
+
+
+def test_segmenter_exports_to_onnx_with_dynamic_hw(tmp_path):
+    # Checked like the classifiers: onnxruntime against eager at the export size, another batch, +-32 px.
+    from hybridvit.export.api import export_model
+
+    result = export_model("deeplabv3:hv_mobilevit_xxs", "onnx", out=tmp_path / "seg.onnx", res=64, dynamic=True)
+    assert result.dynamic_hw and result.max_error < 1e-4
+    assert (3, 3, 96, 96) in result.checked_shapes

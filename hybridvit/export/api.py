@@ -45,10 +45,24 @@ def check_format(fmt: str) -> None:
 
 
 def load_model(name: str, checkpoint: str | os.PathLike | None = None, num_classes: int | None = None) -> torch.nn.Module:
-    """A hybridvit model (weights converted on load) or any timm model, in eval mode.
+    """A hybridvit model (weights converted on load), a segmenter `HEAD:BACKBONE` (weights: a segmentation
+    run directory or its weights file), or any timm model, in eval mode.
 
     The class count is `num_classes`, else the checkpoint's (its run.json, or its classifier's rows).
     """
+    from ..tasks import segmenter_from_spec
+
+    if checkpoint is not None and ":" in name and Path(checkpoint, "run.json").is_file():
+        from ..engine.segmentation import load_segmenter
+
+        return load_segmenter(checkpoint).model
+    segmenter = segmenter_from_spec(name)
+    if segmenter is not None:
+        if checkpoint is not None:
+            from .. import load_checkpoint
+
+            load_checkpoint(segmenter, checkpoint)
+        return segmenter.eval()
     if name not in list_models() and not timm.is_model(name):
         close = difflib.get_close_matches(name, sorted(set(list_models() + timm.list_models())), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `hybridvit models` for the list"
@@ -79,6 +93,8 @@ def checkpoint_classes(name: str, checkpoint: str | os.PathLike) -> int | None:
 
 
 def default_resolution(name: str, model: torch.nn.Module) -> int:
+    if ":" in name:  # a segmenter: the papers' 512x512 crops
+        return 512
     if name in list_models():
         return paper_entry(name).input_size
     return int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
@@ -106,7 +122,7 @@ def export_model(
     batch = batch or (1 if fmt == "coreml" else 2)
     model = (model if model is not None else load_model(name, checkpoint)).eval()
     res = res or default_resolution(name, model)
-    path = Path(out) if out else Path(f"{name}{FORMATS[fmt]}")
+    path = Path(out) if out else Path(f"{name.replace(':', '_')}{FORMATS[fmt]}")
     if path.is_dir() and fmt != "coreml":
         raise OutputError(f"--out {path} is a directory; give the file to write, e.g. {path / (name + FORMATS[fmt])}")
     if path.exists() and not path.is_file() and not path.is_dir():  # /dev/full, a FIFO: never replaced by a rename
