@@ -36,6 +36,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         result = f"val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% on {val['count']} images" if val else "no epoch finished"
         best = f"best top-1 {max(summary['best'], 0):.2f}%"
         skipped = "unreadable image(s)"
+    elif cfg.task == "segmentation":
+        result = (f"val mIoU {val['miou']:.2f}% pixel acc {val['pixel_acc']:.2f}% on {val['count']} images"
+                  if val else "no epoch finished")
+        best = f"best mIoU {max(summary['best'], 0):.2f}%"
+        skipped = "bad image/mask pair(s)"
     else:
         result = (f"val AP {val['AP']:.3f} AP50 {val['AP50']:.3f} AP75 {val['AP75']:.3f} on {val['count']} images"
                   if val else "no epoch finished")
@@ -48,6 +53,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from .segmentation import eval_command, is_segmentation_run
+
+    if is_segmentation_run(args.checkpoint):
+        return eval_command(args)
     from torch.utils.data import DataLoader
 
     from ..data.datasets import TransformedDataset, build_eval_dataset, skip_unreadable
@@ -126,6 +135,10 @@ def _predict_detector(trained, args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .segmentation import is_segmentation_run, predict_command
+
+    if is_segmentation_run(args.checkpoint):
+        return predict_command(args)
     from .inference import load_trained, predict_files
 
     trained = load_trained(args.checkpoint, args.model, args.weights, args.img_size)
@@ -138,17 +151,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _task_options(p: argparse.ArgumentParser) -> None:
-    from ..tasks import DETECTION_HEADS
+    from ..tasks import DETECTION_HEADS, SEGMENTATION_HEADS
     from .tasks import TASKS
 
     p.add_argument("--task", choices=tuple(TASKS), default="classification", help="what to train (default: classification)")
-    p.add_argument("--head", choices=tuple(DETECTION_HEADS), help="detection head (default: ssdlite)")
+    p.add_argument("--head", choices=tuple(DETECTION_HEADS) + tuple(SEGMENTATION_HEADS),
+                   help="detection head (default: ssdlite) or segmentation head (default: deeplabv3)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="classification: ImageFolder tree with train/ and val/ (default: embedded scikit-learn "
                                   "digits); detection: COCO tree with annotations/instances_{train,val}*.json "
-                                  "(default: embedded digit scenes)")
+                                  "(default: embedded digit scenes); segmentation: images/ + masks/, VOC, ADE20K or "
+                                  "Cityscapes (default: embedded digit scenes)")
     p.add_argument("--img-size", type=positive_int, help="input resolution (default: the recipe's, else the model's)")
     p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading worker processes")
     p.add_argument("--check-images", choices=("full", "header", "none"), default="full",
@@ -201,10 +216,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             _common(p)
             p.add_argument("--batch-size", type=positive_int, default=64)
             p.add_argument("--device", type=device, help="cpu, cuda ... (default: a GPU if any)")
+            p.add_argument("--tta-scales", type=lambda t: tuple(float(v) for v in t.split(",")),
+                           help="segmentation: test-time scales, e.g. 0.5,0.75,1,1.25,1.5,1.75 (softmax averaged)")
+            p.add_argument("--flip", action="store_true", help="segmentation: add horizontally flipped passes")
         else:
             p.add_argument("images", nargs="+", help="image files")
             p.add_argument("--img-size", type=positive_int)
             p.add_argument("--topk", type=positive_int, default=5)
-            p.add_argument("--out", default="predictions", help="detection: folder for the PNGs with boxes and results.json")
+            p.add_argument("--out", default="predictions", help="detection: folder for the PNGs with boxes and results.json; "
+                           "segmentation: for the <image>_mask.png and <image>_overlay.png files")
             p.add_argument("--score-threshold", type=float, default=0.3, help="detection: lowest score drawn and written")
         p.set_defaults(func=func)

@@ -39,6 +39,7 @@ from ..errors import DataError, HybridViTError
 from .distributed import DistInfo, all_gather_objects, broadcast_object
 from .evaluate import autocast, evaluate
 from .recipes import Recipe
+from .segmentation import SegmentationTask
 
 # MobileViT's scales relative to its base crop: 160/256 .. 320/256 (spec mobilevit.md §4.2).
 MULTI_SCALE_RANGE = (0.625, 1.25)
@@ -310,7 +311,9 @@ def evaluate_detector(
     return broadcast_object(metrics, info)
 
 
-TASKS: dict[str, type] = {"classification": ClassificationTask, "detection": DetectionTask}
+TASKS: dict[str, type] = {
+    "classification": ClassificationTask, "detection": DetectionTask, "segmentation": SegmentationTask,
+}
 
 
 def task_class(name: str) -> type:

@@ -47,7 +47,7 @@ class TrainConfig:
     data: str | None = None  # None: the task's embedded default (scikit-learn digits, digit scenes)
     recipe: str | None = None  # None: the task's default recipe (or, on resume, the saved run's)
     task: str = "classification"  # a name in engine/tasks.py TASKS
-    head: str | None = None  # detection head (None: ssdlite)
+    head: str | None = None  # detection head (None: ssdlite) or segmentation head (None: deeplabv3)
     backbone_checkpoint: str | None = None  # classification weights for a detector's backbone (any converter layout)
     output: str = "runs/train"
     epochs: int | None = None
@@ -147,13 +147,19 @@ def _subset(dataset: Dataset, size: int) -> Dataset:
     return Subset(dataset, order[:size].tolist())
 
 
-def build_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    """timm's optimizer; unless the recipe decays everything, 1-D params and `no_weight_decay()` get no decay."""
+def build_optimizer(
+    model: torch.nn.Module, recipe: Recipe, lr: float, param_groups: list[dict] | None = None
+) -> torch.optim.Optimizer:
+    """timm's optimizer; unless the recipe decays everything, 1-D params and `no_weight_decay()` get no decay.
+
+    `param_groups` (a task's, e.g. a head learning-rate multiplier as `lr_scale`) replace that grouping.
+    """
     kwargs = {"betas": recipe.betas} if "adam" in recipe.opt else {"momentum": recipe.momentum}
     if recipe.layer_decay is not None or recipe.backbone_lr_ratio != 1.0:
         return create_optimizer_v2(finetune.param_groups(model, recipe), opt=recipe.opt, lr=lr, **kwargs)
     return create_optimizer_v2(
-        model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay, filter_bias_and_bn=not recipe.decay_all, **kwargs
+        param_groups or model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay,
+        filter_bias_and_bn=not recipe.decay_all, **kwargs
     )
 
 
@@ -197,7 +203,8 @@ class Trainer:
         world_batch = recipe.batch_size * self.info.world_size
         lr_scale = world_batch / recipe.ref_batch if recipe.scale_lr else 1.0
         self.lr = cfg.lr if cfg.lr is not None else recipe.lr * lr_scale
-        self.optimizer = build_optimizer(model, recipe, self.lr)
+        groups = task.param_groups(model, recipe.weight_decay) if hasattr(task, "param_groups") else None
+        self.optimizer = build_optimizer(model, recipe, self.lr, groups)
         if recipe.freeze_epochs:
             finetune.BackboneFreeze(model, self.optimizer, recipe.freeze_epochs, epoch=lambda: self.epoch)
         self.steps_per_epoch = len(self.batch_sampler)
