@@ -213,7 +213,7 @@ def test_torchscript_cli_export_runs_at_another_batch(tmp_path, capsys):
 def test_coreml_is_optional(tmp_path):
     if coreml_available():
         pytest.skip("coremltools is installed; the missing-package message cannot be shown")
-    with pytest.raises(HybridViTError, match=r"needs coremltools.*pip install coremltools"):
+    with pytest.raises(HybridViTError, match=r"needs coremltools.*pip install 'hybridvit\[coreml\]'"):
         export_model("hv_mobilevit_xxs", "coreml", out=tmp_path / "m.mlpackage", res=64)
 
 

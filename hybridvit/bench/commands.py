@@ -18,7 +18,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise HybridViTError("no models to benchmark: name some, or pass --all / --peers")
     cfg = BenchConfig(
         resolutions=args.res, batches=args.batch, warmup=args.warmup, rounds=args.rounds, device=args.device,
-        threads=args.threads, memory=not args.no_memory, head=args.head,
+        threads=args.threads, memory=not args.no_memory, head=args.head, backends=args.backend,
+        workdir=args.workdir,
     )
     rows = run_bench(names, cfg, log=lambda msg: print(msg, flush=True))
     env = environment()
@@ -48,6 +49,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads, fixed for the run (default 1)")
     p.add_argument("--device", type=device, default="cpu", help="cpu (default) or cuda")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--backend", nargs="+", default=["eager"],
+                   help="back ends to time side by side (default eager): eager compile onnxruntime openvino "
+                        "openvino-bf16 openvino-int8 onnxruntime-int8; INT8 ones calibrate on random images")
+    p.add_argument("--workdir", help="keep the exported ONNX / OpenVINO graphs here (default: a temporary folder)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table and write table.md")
     p.add_argument("--out", default="bench_results", help="output folder (default bench_results)")
     p.set_defaults(func=cmd_bench)

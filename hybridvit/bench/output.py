@@ -23,12 +23,25 @@ _TABLE_COLUMNS = {
 }
 
 
+_BACKEND_COLUMNS = {"backend": "back end", "precision": "precision ran", "vs_eager": "latency / eager", "max_err": "max err vs eager"}
+
+
 def rows_table(rows: Sequence[BenchRow], markdown: bool = False) -> str:
-    data = [[getattr(r, key) for key in _TABLE_COLUMNS] for r in rows]
+    """The results table; back-end columns (after the batch) only when a back end other than eager ran."""
+    columns = dict(_TABLE_COLUMNS)
     if not any(r.note for r in rows):
-        data = [d[:-1] for d in data]
-    headers = list(_TABLE_COLUMNS.values())[: len(data[0]) if data else None]
-    return format_table(headers, data, markdown=markdown)
+        del columns["note"]
+    if any(r.backend != "eager" for r in rows):
+        keys = list(columns)
+        at = keys.index("batch") + 1
+        columns = {k: columns.get(k) or _BACKEND_COLUMNS[k] for k in keys[:at] + list(_BACKEND_COLUMNS) + keys[at:]}
+    data = [[_cell(getattr(r, key), key) for key in columns] for r in rows]
+    return format_table(list(columns.values()), data, markdown=markdown)
+
+
+def _cell(value: object, key: str) -> object:
+    """Errors in scientific notation (they span 1e-7 to 1e-1); everything else as format_table does."""
+    return f"{value:.1e}" if key == "max_err" and isinstance(value, float) else value
 
 
 def _cpu_name() -> str:
@@ -68,6 +81,8 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | Path, markdown: bool 
 
     paths["latency_png"] = _plot(rows, "latency_ms", "latency, median (ms)", out / "latency.png")
     paths["memory_png"] = _plot(rows, "peak_mem_mb", "peak memory (MiB)", out / "memory.png")
+    if any(r.backend != "eager" for r in rows):
+        paths["backends_png"] = _plot_backends(rows, out / "backends.png")
     if markdown:
         paths["markdown"] = out / "table.md"
         env = payload["environment"]
@@ -87,12 +102,12 @@ def _plot(rows: Sequence[BenchRow], key: str, label: str, path: Path) -> Path:
 
     batches = sorted({r.batch for r in rows})
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches) + 2.5, 4.5), squeeze=False)
-    models = list(dict.fromkeys(r.model for r in rows))
+    models = list(dict.fromkeys(r.label for r in rows))
     colors = plt.cm.tab20.colors
     for ax, batch in zip(axes[0], batches):
         for i, model in enumerate(models):
             points = sorted((r.res, getattr(r, key)) for r in rows
-                            if r.model == model and r.batch == batch and getattr(r, key) is not None)
+                            if r.label == model and r.batch == batch and getattr(r, key) is not None)
             if points:
                 ours = _source_of(rows, model) == "hybridvit"
                 ax.plot(*zip(*points), marker="o", label=model, color=colors[i % len(colors)],
@@ -106,8 +121,44 @@ def _plot(rows: Sequence[BenchRow], key: str, label: str, path: Path) -> Path:
     return path
 
 
+def _plot_backends(rows: Sequence[BenchRow], path: Path) -> Path:
+    """Latency relative to eager per (model, resolution, batch), one bar per back end, max error on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(dict.fromkeys((r.model, r.res, r.batch) for r in rows if r.vs_eager is not None))
+    backends = list(dict.fromkeys(r.backend for r in rows if r.vs_eager is not None))
+    by_key = {(r.model, r.res, r.batch, r.backend): r for r in rows if r.vs_eager is not None}
+    width = 0.8 / max(1, len(backends))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(cells) * max(1, len(backends)) / 3), 4.8))
+    for j, backend in enumerate(backends):
+        xs, ys, errs = [], [], []
+        for i, (model, res, batch) in enumerate(cells):
+            row = by_key.get((model, res, batch, backend))
+            if row is not None:
+                xs.append(i + (j - (len(backends) - 1) / 2) * width)
+                ys.append(row.vs_eager)
+                errs.append(row.max_err)
+        bars = ax.bar(xs, ys, width, label=backend, color=plt.cm.tab10.colors[j % 10])
+        for bar, err in zip(bars, errs):
+            if err is not None:
+                ax.annotate(f"{err:.0e}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=6, rotation=90)
+    ax.set_xticks(range(len(cells)), [f"{m}\n{r}px, b{b}" for m, r, b in cells], fontsize=7, rotation=20)
+    ax.set(ylabel="latency / eager f32 (median)", title="back ends side by side (label: max error vs eager)")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
 def _source_of(rows: Sequence[BenchRow], model: str) -> str:
-    return next(r.source for r in rows if r.model == model)
+    return next(r.source for r in rows if r.label == model)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -8,11 +8,16 @@ classes) and the peer is torchvision's `ssdlite320_mobilenet_v3_large`. Detector
 end on a batch of images (resize, normalise, network, box decoding, NMS), with random weights and the
 score threshold at `DETECTOR_SCORE_THRESH`: random weights would otherwise send thousands of boxes to
 NMS, a cost that depends on trained weights and would swamp the network's.
+
+With several back ends (`hybridvit.export.backends`), every (model, resolution, back end) cell runs
+in the same alternating rounds; each gets its latency relative to eager and its max error against eager.
 """
 from __future__ import annotations
 
 import difflib
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import timm
@@ -43,7 +48,9 @@ DETECTOR_SCORE_THRESH = 0.5
 COLUMNS: tuple[str, ...] = (
     "model", "source", "res", "batch", "params_m", "gmacs", "gmacs_no_attn",
     "latency_ms", "latency_p90_ms", "throughput_img_s", "peak_mem_mb", "device", "threads", "note",
+    "backend", "precision", "vs_eager", "max_err",
 )
+TORCH_BACKENDS = ("eager", "compile")  # the ones whose peak memory the torch profiler sees
 
 
 @dataclass
@@ -64,6 +71,14 @@ class BenchRow:
     device: str = "cpu"
     threads: int = 1
     note: str = ""  # why a row has no measurements (e.g. a fixed-input-size model)
+    backend: str = "eager"
+    precision: str = "f32"  # what the back end reports it ran
+    vs_eager: float | None = None  # latency / eager latency of the same model, resolution and batch
+    max_err: float | None = None  # max |out - eager| / max(1, |eager|), BOAT's cluster cuts replayed
+
+    @property
+    def label(self) -> str:
+        return self.model if self.backend == "eager" else f"{self.model} [{self.backend}]"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +94,8 @@ class BenchConfig:
     threads: int | None = None  # None: keep torch's current setting
     memory: bool = True
     head: str | None = None  # a detection head: time detectors with the models as backbones
+    backends: Sequence[str] = ("eager",)
+    workdir: str | None = None  # where ONNX / OpenVINO graphs are written (default: a temporary folder)
 
 
 def resolve_models(
@@ -151,7 +168,14 @@ def _macs_or_note(model: torch.nn.Module, res: int) -> MacCount | str:
 
 
 def run_bench(names: Sequence[str], cfg: BenchConfig, log=print) -> list[BenchRow]:
-    """Measure every model at every (resolution, batch); models that reject a size get a note row."""
+    """Measure every model at every (resolution, batch) on every back end; models that reject a size,
+    or back ends that fail, get a note row."""
+    from ..export.backends import BackendError, check_backend
+
+    for backend in cfg.backends:
+        check_backend(backend)
+    if cfg.head and set(cfg.backends) != {"eager"}:
+        raise BackendError("detectors (--head) are timed on the eager back end only")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
@@ -172,29 +196,77 @@ def run_bench(names: Sequence[str], cfg: BenchConfig, log=print) -> list[BenchRo
                                      threads=threads, note=counted))
     for model in models.values():
         model.to(device)
+    runtimes = _runtimes(models, list(macs), cfg, log)
+    for (name, res, backend), runtime in list(runtimes.items()):
+        if isinstance(runtime, str):
+            del runtimes[name, res, backend]
+            rows += [BenchRow(name, _source(name, ours), res, batch, params[name], device=device.type, threads=threads,
+                              note=runtime, backend=backend, precision="-") for batch in cfg.batches]
     for batch in cfg.batches:
-        # Every model at every resolution in the same rounds: load changes hit all cells alike.
+        # Every cell in the same rounds: load changes hit all models, resolutions and back ends alike.
         inputs = {res: torch.randn(batch, 3, res, res, device=device) for res in cfg.resolutions}
-        cells = list(macs)
-        log(f"batch {batch}: timing {len(cells)} (model, resolution) cells side by side ...")
-        timings = time_side_by_side([(models[n], inputs[res]) for n, res in cells], cfg.warmup, cfg.rounds)
-        for (name, res), timing in zip(cells, timings):
-            mem = peak_memory_bytes(models[name], inputs[res]) / 2**20 if cfg.memory else None
+        cells = list(runtimes)
+        log(f"batch {batch}: timing {len(cells)} (model, resolution, back end) cells side by side ...")
+        timings = time_side_by_side([(runtimes[cell], inputs[cell[1]]) for cell in cells], cfg.warmup, cfg.rounds)
+        eager_ms = {(n, r): t.median_ms for (n, r, b), t in zip(cells, timings) if b == "eager"}
+        for (name, res, backend), timing in zip(cells, timings):
+            runtime, x = runtimes[name, res, backend], inputs[res]
+            mem = peak_memory_bytes(runtime, x) / 2**20 if cfg.memory and backend in TORCH_BACKENDS else None
+            err = note = None
+            if backend != "eager":
+                from ..export.backends import max_error
+
+                err, free = max_error(models[name], runtime, [x])
+                note = f"error {free:.2g} without replaying the cluster cuts" if free > max(err, 1e-4) else None
             rows.append(
                 BenchRow(
                     name, _source(name, ours), res, batch, params[name],
                     gmacs=macs[name, res].total / 1e9, gmacs_no_attn=macs[name, res].without_attention / 1e9,
                     latency_ms=timing.median_ms, latency_p90_ms=timing.p90_ms,
                     throughput_img_s=batch * 1e3 / timing.median_ms, peak_mem_mb=mem,
-                    device=device.type, threads=threads,
+                    device=device.type, threads=threads, note=note or "", backend=backend, precision=runtime.precision,
+                    vs_eager=timing.median_ms / eager_ms[name, res] if (name, res) in eager_ms else None, max_err=err,
                 )
             )
     order = {n: i for i, n in enumerate(names)}
-    rows.sort(key=lambda r: (r.res, r.batch, order[r.model]))
+    backend_order = {b: i for i, b in enumerate(cfg.backends)}
+    rows.sort(key=lambda r: (r.res, r.batch, order[r.model], backend_order[r.backend]))
     if cfg.head:  # name our detectors by head and backbone
         for row in rows:
             row.model = row.model if row.source == "torchvision" else f"{cfg.head}-{row.model}"
     return rows
+
+
+def _runtimes(models: dict, cells: list[tuple[str, int]], cfg: BenchConfig, log) -> dict:
+    """(model, res, back end) -> Runtime, or a note saying why that back end is missing. ONNX-based back
+    ends share one verified ONNX export per (model, res); INT8 ones calibrate on random images."""
+    from ..export.backends import BackendError, eager_runtime, prepare
+    from ..export.quantize import random_calibration
+
+    workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="hybridvit_bench_"))
+    runtimes: dict = {}
+    for name, res in cells:
+        cell_dir = workdir / f"{name}_{res}"
+        for backend in cfg.backends:
+            if backend == "eager":
+                runtimes[name, res, backend] = eager_runtime(models[name])
+                continue
+            if cfg.device != "cpu" and backend != "compile":
+                runtimes[name, res, backend] = f"skipped: {backend} runs on the CPU only"
+                continue
+            log(f"preparing {name} at {res} on {backend} ...")
+            onnx_path = cell_dir / "model.onnx"
+            try:
+                runtimes[name, res, backend] = prepare(
+                    backend, models[name], res, workdir=cell_dir, onnx_path=onnx_path if onnx_path.is_file() else None,
+                    calibration=random_calibration(res) if backend.endswith("int8") else None,
+                )
+            except BackendError as err:
+                runtimes[name, res, backend] = f"skipped: {err}"
+            except Exception as err:  # an export that fails for one model must not stop the others
+                first_line = str(err).strip().splitlines()[0][:100] if str(err).strip() else ""
+                runtimes[name, res, backend] = f"failed: {type(err).__name__}: {first_line}"
+    return runtimes
 
 
 def _source(name: str, ours: set[str]) -> str:

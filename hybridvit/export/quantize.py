@@ -1,0 +1,104 @@
+"""Post-training INT8 quantization: NNCF on OpenVINO IR, or onnxruntime's static QDQ quantizer.
+
+Both calibrate activation ranges on a few hundred training images (`calibration_images`), never on
+the validation images the accuracy check then uses.
+- NNCF (`quantize_openvino`): `ModelType.TRANSFORMER` keeps softmax, LayerNorm and the attention
+  score matmuls in float and applies SmoothQuant to the linear layers; preset MIXED (symmetric
+  weights, asymmetric activations). Following NNCF's post-training quantization guide
+  (docs.openvino.ai, "Basic quantization flow") and its `ModelType.TRANSFORMER` notes.
+- onnxruntime (`quantize_onnxruntime`): QDQ, per-channel int8 weights, uint8 activations, only
+  Conv / MatMul / Gemm inputs quantized (onnxruntime.quantization.quantize_static).
+"""
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .backends import require
+from .openvino import save_ir
+
+CALIBRATION_SIZE = 300  # images; NNCF's default subset_size
+
+
+def calibration_images(
+    data: str | None, transform: Callable, count: int = CALIBRATION_SIZE, seed: int = 0
+) -> list[torch.Tensor]:
+    """`count` random training images (batches of one) from `data`: 'digits' (the embedded set), an
+    ImageNet-layout tree (its train/ split) or a folder of class folders, with the eval `transform`."""
+    from ..data.datasets import ImageFolder, build_datasets
+    from ..errors import DataError
+
+    if data in (None, "digits"):
+        dataset = build_datasets(None).train
+    else:
+        root = Path(data)
+        if not root.is_dir():
+            raise DataError(f"calibration data not found: {root}")
+        dataset = ImageFolder(root / "train" if (root / "train").is_dir() else root, check="header")
+    if len(dataset) == 0:
+        raise DataError(f"no calibration images in {data}")
+    indices = random.Random(seed).sample(range(len(dataset)), min(count, len(dataset)))
+    return [transform(dataset[i][0]).unsqueeze(0) for i in indices]
+
+
+def random_calibration(res: int, count: int = 32, in_chans: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    """Standard-normal images: enough to time INT8 graphs (`bench`), not to judge their accuracy."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, in_chans, res, res, generator=g) for _ in range(count)]
+
+
+def quantize_openvino(model_path: str | Path, calibration: Iterable[torch.Tensor], out: str | Path) -> Path:
+    """INT8 IR at `out` from the float model at `model_path` (.onnx or .xml), calibrated by NNCF."""
+    ov = require("openvino", "INT8 quantization with NNCF")
+    nncf = require("nncf", "INT8 quantization with NNCF")
+    samples = [x.numpy() for x in calibration]
+    model = ov.Core().read_model(str(model_path))
+    quantized = nncf.quantize(
+        model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
+        preset=nncf.QuantizationPreset.MIXED, subset_size=len(samples),
+    )
+    out = Path(out)
+    save_ir(quantized, out)
+    return out
+
+
+def quantize_onnxruntime(model_path: str | Path, calibration: Iterable[torch.Tensor], out: str | Path) -> Path:
+    """INT8 QDQ ONNX graph at `out` from the float ONNX graph at `model_path`, calibrated by onnxruntime."""
+    require("onnxruntime", "INT8 quantization with onnxruntime")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from .onnx import INPUT_NAME
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.samples = iter([{INPUT_NAME: x.numpy()} for x in calibration])
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:
+        tmp_out = Path(tmp) / out.name
+        quantize_static(
+            str(model_path), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        )
+        tmp_out.replace(out)
+    return out
+
+
+def quantize_exported(float_path: Path, fmt: str, calibration: list[torch.Tensor], out: Path | None = None) -> Path:
+    """INT8 copy of an exported float model: NNCF for OpenVINO IR, onnxruntime's quantizer for ONNX."""
+    from .backends import BackendError
+
+    out = out or float_path.with_name(f"{float_path.stem}_int8{float_path.suffix}")
+    if fmt == "openvino":
+        return quantize_openvino(float_path, calibration, out)
+    if fmt == "onnx":
+        return quantize_onnxruntime(float_path, calibration, out)
+    raise BackendError(f"INT8 quantization needs --format openvino (NNCF) or onnx (onnxruntime), not {fmt}")
