@@ -14,6 +14,7 @@ upstream of the clustering (in the queries) can still do so, which is why export
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -54,34 +55,107 @@ def _sort_order(key: torch.Tensor) -> torch.Tensor:
     return queue.pop(0).to(key.device).view_as(key)
 
 
-def cluster_levels(num_tokens: int, group_size: int) -> int | None:
-    """Number of binary splits L with `num_tokens == group_size * 2**L`, or None when there is none."""
-    if num_tokens % group_size:
+def cluster_levels(num_tokens: int, group_size: int) -> int:
+    """Number of binary splits L: the smallest with `group_size * 2**L >= num_tokens` (0 for one group).
+
+    Where `num_tokens == group_size * 2**L` (the reference's only sizes) the groups hold exactly
+    `group_size` tokens; otherwise they hold floor or ceil of num_tokens / 2**L real tokens, i.e. between
+    group_size / 2 and group_size (see `cluster_capacity`).
+    """
+    return max(0, math.ceil(math.log2(num_tokens / group_size))) if num_tokens > group_size else 0
+
+
+def cluster_capacity(num_tokens: int, levels: int) -> int:
+    """Slots per leaf group: ceil(num_tokens / 2**levels). Leaves of fewer real tokens are padded to it."""
+    return -(-num_tokens // 2**levels)
+
+
+@functools.lru_cache(maxsize=32)
+def _padding_plan(num_tokens: int, levels: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    """Per level: (pad slots [k, n] bool, initial half weights [k, 2, n], layout [k, n]); None without padding.
+
+    Padding (num_tokens not a multiple of 2**levels): every group of n slots at a level holds r real tokens
+    (its real tokens first, pads last), r = floor or ceil of num_tokens / 2**level, and the split sends
+    ceil(r / 2) real tokens to the first child and floor(r / 2) to the second. The initial centres are the
+    means of those two parts of the current order. After the sort (pads sorted last), `layout` gathers
+    each child's real tokens and its share of the pads: pads last in both children, except after the last
+    split, where the first child keeps its pads in front so that siblings' real tokens meet at the cut
+    and the `overlap` keys on either side of it are real tokens (see `padded_leaf_slots`).
+    """
+    if num_tokens % 2**levels == 0:
         return None
-    groups = num_tokens // group_size
-    levels = int(math.log2(groups))
-    return levels if 2**levels == groups else None
+    capacity = cluster_capacity(num_tokens, levels)
+    real = torch.tensor([num_tokens])
+    plan = []
+    for level in range(levels):
+        n = capacity * 2 ** (levels - level)
+        half, slot = n // 2, torch.arange(n)
+        first = (real + 1) // 2  # real tokens of the first child
+        second = real - first
+        weights = torch.stack((slot < first[:, None], (slot >= first[:, None]) & (slot < real[:, None])), dim=1)
+        # child slot -> position in the sorted group (real tokens at 0..real-1, pads at real..n-1)
+        child = slot[:half].expand(len(real), half)
+        pads_one, pads_two = real[:, None] + child - first[:, None], real[:, None] + half + child - real[:, None]
+        if level < levels - 1:  # pads last in both children
+            child_one = torch.where(child < first[:, None], child, pads_one)
+        else:  # first child: pads in front, real tokens next to the cut
+            lead = half - first[:, None]
+            child_one = torch.where(child < lead, real[:, None] + child, child - lead)
+        child_two = torch.where(child < second[:, None], first[:, None] + child, pads_two)
+        plan.append((slot >= real[:, None], weights.double(), torch.cat((child_one, child_two), dim=1)))
+        real = torch.stack((first, second), dim=1).flatten()
+    return plan
+
+
+def padded_leaf_slots(num_tokens: int, levels: int) -> torch.Tensor | None:
+    """Which slots of the clustered order hold padding, [2**levels * capacity] bool; None without padding.
+
+    Even leaves have their pads in front, odd leaves at the end (`_padding_plan`).
+    """
+    plan = _padding_plan(num_tokens, levels)
+    if plan is None:
+        return None
+    capacity = cluster_capacity(num_tokens, levels)
+    real = torch.tensor([num_tokens])
+    for _ in range(levels):
+        first = (real + 1) // 2
+        real = torch.stack((first, real - first), dim=1).flatten()
+    slot = torch.arange(capacity)
+    pads = torch.where(torch.arange(len(real))[:, None] % 2 == 0, slot < capacity - real[:, None], slot >= real[:, None])
+    return pads.flatten()
 
 
 @torch.no_grad()
 def balanced_hierarchical_clustering(
     x: torch.Tensor, levels: int, iters: int = 2, temperature: float = 100.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split the N tokens of every row of `x` [G, N, D] into 2**levels equal groups of similar tokens.
+    """Split the N tokens of every row of `x` [G, N, D] into 2**levels balanced groups of similar tokens.
 
-    Returns `perm` [G, N] (token indices, group after group: group j is `perm[:, j*n:(j+1)*n]`, and
-    siblings of the last split are groups 2i and 2i+1) and its inverse `inv` (`perm.gather(1, inv)`
-    is the identity). Each level (Alg. 1): centres start as the means of the first and second half of
-    the current order, `iters` rounds of soft assignment (softmax of `temperature` x cosine) and
+    Returns `perm` [G, M] (token indices, group after group: group j is `perm[:, j*c:(j+1)*c]` with
+    c = `cluster_capacity(N, levels)` and M = c * 2**levels; siblings of the last split are groups 2i and
+    2i+1) and its inverse `inv` (`perm.gather(1, inv)` is the identity). Where N < M the rows are padded
+    with M - N zero tokens (indices N..M-1, placed by `_padding_plan`, see `padded_leaf_slots`), which
+    never move a centre and never join a group's real tokens: the groups' real-token counts differ by
+    at most one. Each level (Alg. 1): centres start as the means of the first and second half of the
+    current order, `iters` rounds of soft assignment (softmax of `temperature` x cosine) and
     re-estimation, then a sort of (cos_0 + 1) / (cos_1 + 1) ascending and a cut at the middle.
     """
     G, N, D = x.shape
+    plan = _padding_plan(N, levels)
     x = x.to(torch.float32 if x.device.type == "mps" else torch.float64)
-    perm = torch.arange(N, device=x.device).repeat(G)  # flat [G * N], regrouped like the rows of x
-    for _ in range(levels):
-        g, n, _ = x.shape  # g = G * 2**level groups of n tokens
+    if plan is not None:
+        x = F.pad(x, (0, 0, 0, cluster_capacity(N, levels) * 2**levels - N))  # zero tokens: no say in a centre
+    M = x.shape[1]
+    perm = torch.arange(M, device=x.device).repeat(G)  # flat [G * M], regrouped like the rows of x
+    for level in range(levels):
+        g, n, _ = x.shape  # g = G * k groups of n slots
+        k = 2**level
         inv_norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12).reciprocal()  # cosine = (x @ c) / |x|
-        centres = F.normalize(x.view(g, 2, n // 2, D).mean(dim=2), dim=-1)  # [g, 2, D]
+        if plan is None:
+            centres = F.normalize(x.view(g, 2, n // 2, D).mean(dim=2), dim=-1)  # [g, 2, D]
+        else:
+            is_pad, halves, layout = (t.to(x.device) for t in plan[level])
+            centres = F.normalize((halves.to(x.dtype) @ x.view(G, k, n, D)).view(g, 2, D), dim=-1)
         for _ in range(iters):
             cos = (x @ centres.transpose(1, 2)) * inv_norm  # [g, n, 2]
             # softmax over the two centres, as a sigmoid of the difference (CPU softmax over 2 is slow)
@@ -89,12 +163,17 @@ def balanced_hierarchical_clustering(
             assign = torch.stack((near_first, 1 - near_first), dim=1)  # [g, 2, n]
             centres = F.normalize(assign @ x, dim=-1)
         cos = (x @ centres.transpose(1, 2)) * inv_norm
-        order = _sort_order((cos[..., 0] + 1) / (cos[..., 1] + 1))  # [g, n]
+        key = (cos[..., 0] + 1) / (cos[..., 1] + 1)
+        if plan is None:
+            order = _sort_order(key)  # [g, n]
+        else:
+            order = _sort_order(key.view(G, k, n).masked_fill(is_pad, math.inf).view(g, n))  # pads sort last
+            order = order.view(G, k, n).gather(-1, layout.expand(G, -1, -1)).view(g, n)
         rows = (order + n * torch.arange(g, device=x.device).unsqueeze(1)).flatten()  # row gathers beat gather()
         perm = perm.index_select(0, rows)
         x = x.reshape(g * n, D).index_select(0, rows).view(2 * g, n // 2, D)
-    perm = perm.view(G, N)
-    inv = torch.empty_like(perm).scatter_(1, perm, torch.arange(N, device=x.device).expand(G, N))
+    perm = perm.view(G, M)
+    inv = torch.empty_like(perm).scatter_(1, perm, torch.arange(M, device=x.device).expand(G, M))
     return perm, inv
 
 

@@ -14,8 +14,14 @@ mahaoyuHKU/pytorch-boat (spec shared/specs/boat.md §3-4); parameter counts equa
   reference pairs images of the batch; `reference_batch_pairing=True` reproduces that, the default
   keeps images independent.
 
-Input size: FSLA needs 49 * 2**k tokens at every stage that has it, i.e. H x W = 224a x 224b with a*b a
-power of two (224x224, 224x448, 448x448, ...); other sizes raise InputShapeError.
+Input size: any H x W from 32 x 32 up (`MIN_INPUT_SIZE`), any batch (0 included), one model for all sizes,
+as timm's Swin with `dynamic_img_size=True`: BOAT-Swin pads the image to a multiple of the patch size,
+odd maps before patch merging and maps to whole windows (timm `SwinTransformerBlock`, shift masks built
+for the size seen); BOAT-CSWin pads maps to whole stripes (CSWin's segmentation backbone); FSLA pads
+token counts that are not 49 * 2**L (`layers/fsla.py`). Where the reference works (224a x 224b, a*b a
+power of two) nothing is padded and the outputs are the reference's. `img_size` only decides, as in
+timm and the reference, which Swin stages shift their windows and so hold FSLA (those larger than the
+window at that size).
 """
 from __future__ import annotations
 
@@ -24,38 +30,53 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
+import torch.nn.functional as F
+from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_module, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 
 from ..errors import InputShapeError
-from ..layers.clustering import cluster_levels
 from ..layers.cswin_attention import LePEAttention
 from ..layers.fsla import FSLA
 from ._base import ClassifierHeadMixin, check_output_fmt
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
-_SIZES_THAT_WORK = "224x224, 224x448, 448x448, ... (224a x 224b with a*b a power of two)"
+MIN_INPUT_SIZE = 32  # one token at stride 32, the last stage's
 
 
 class BoatSwinBlock(SwinTransformerBlock):
     """Bilateral local attention block on Swin (§3.3): (S)W-MSA, then FSLA in shifted blocks, then MLP."""
 
     def __init__(self, dim: int, num_heads: int, group_size: int, overlap: int, **kwargs) -> None:
-        super().__init__(dim=dim, num_heads=num_heads, **kwargs)
+        super().__init__(dim=dim, num_heads=num_heads, dynamic_mask=True, **kwargs)
         self.attnC = self.norm4 = None
         if any(self.shift_size):  # reference: FSLA only where the window is shifted
             self.norm4 = nn.LayerNorm(dim)
             self.attnC = FSLA(dim, num_heads, group_size, overlap)
+        self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
+
+    def get_attn_mask(self, x: torch.Tensor | None = None, device=None, dtype=None) -> torch.Tensor | None:
+        """timm's shift mask for the padded, shifted map `x`, kept for the last size seen (eager only)."""
+        if x is None or torch.compiler.is_compiling():
+            return super().get_attn_mask(x, device, dtype)
+        key = (x.shape[1], x.shape[2], x.device, x.dtype, torch.is_inference_mode_enabled())
+        cached_key, mask = self._mask_cache
+        if cached_key != key:
+            mask = super().get_attn_mask(x)
+            self._mask_cache = (key, mask)
+        return mask
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        return super()._attn(x) if x.shape[0] else x  # timm's window views use -1, undefined on no images
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         x = x + self.drop_path1(self._attn(self.norm1(x)))
         if self.attnC is not None:
             x = x + self.attnC(self.norm4(x))  # no drop-path here in the reference
-        x = x.reshape(B, -1, C)
+        x = x.reshape(B, H * W, C)
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.reshape(B, H, W, C)
 
@@ -137,6 +158,27 @@ class ConvEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+@register_notrace_module  # an FX leaf: the checks and the padding branch on the input size
+class InputStem(ConvEmbed):
+    """The first ConvEmbed: checks the input, pads H and W up to a multiple of `pad_to` (timm's
+    `dynamic_img_pad` for Swin's 4x4 patches; 1 for CSWin's padded 7x7 stem), then embeds."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int, pad_to: int) -> None:
+        super().__init__(in_chs, out_chs, kernel_size, stride, padding)
+        self.pad_to = pad_to
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.proj.in_channels)
+        H, W = x.shape[-2:]
+        if H < MIN_INPUT_SIZE or W < MIN_INPUT_SIZE:
+            raise InputShapeError(
+                f"BOAT needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (one token at stride 32), got {H}x{W}"
+            )
+        if H % self.pad_to or W % self.pad_to:
+            x = F.pad(x, (0, -W % self.pad_to, 0, -H % self.pad_to))
+        return super().forward(x)
+
+
 class BoatCSWinStage(nn.Module):
     """Merge block (3x3 conv stride 2; absent in stage 1) then BOAT-CSWin blocks; NCHW in and out."""
 
@@ -209,23 +251,19 @@ class BoatTransformer(ClassifierHeadMixin, nn.Module):
         dpr = [dpr[sum(cfg.depths[:i]) : sum(cfg.depths[: i + 1])] for i in range(4)]
         maps = [(self.img_size[0] // 2 ** (i + 2), self.img_size[1] // 2 ** (i + 2)) for i in range(4)]
         if cfg.isla == "swin":
-            self.patch_embed = ConvEmbed(in_chans, dims[0], 4, 4, 0)
+            self.patch_embed = InputStem(in_chans, dims[0], 4, 4, 0, pad_to=4)
             self.layers = nn.Sequential(*[
                 BoatSwinStage(dims[max(i - 1, 0)], dims[i], maps[i], cfg.depths[i], cfg.num_heads[i],
                               cfg.window_size, i > 0, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio)
                 for i in range(4)
             ])
-            fsla_stages = [i for i, st in enumerate(self.layers) if any(b.attnC is not None for b in st.blocks)]
         else:
-            self.stem = ConvEmbed(in_chans, dims[0], 7, 4, 2)
+            self.stem = InputStem(in_chans, dims[0], 7, 4, 2, pad_to=1)
             self.stages = nn.Sequential(*[
                 BoatCSWinStage(dims[max(i - 1, 0)], dims[i], cfg.depths[i], cfg.num_heads[i], cfg.split_sizes[i],
                                i > 0, i == 3, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio)
                 for i in range(4)
             ])
-            fsla_stages = list(range(4))
-        self.fsla_stages, self.group_size = fsla_stages, cfg.group_size
-        self._check_size(*self.img_size)
         stage_name = "layers" if cfg.isla == "swin" else "stages"
         self.feature_info = [
             dict(num_chs=d, reduction=4 * 2**i, module=f"{stage_name}.{i}") for i, d in enumerate(dims)
@@ -236,9 +274,6 @@ class BoatTransformer(ClassifierHeadMixin, nn.Module):
         for module in self.modules():  # see FSLA: only matters where a stage has a single group
             if isinstance(module, FSLA):
                 module.reference_batch_pairing = reference_batch_pairing
-
-    def _check_size(self, H: int, W: int) -> None:
-        check_fsla_size(H, W, self.fsla_stages, self.group_size)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -267,12 +302,8 @@ class BoatTransformer(ClassifierHeadMixin, nn.Module):
         return self.layers if hasattr(self, "layers") else self.stages
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Input checks, then the patch embedding (BOAT-Swin) or the conv stem (BOAT-CSWin): NCHW at stride 4."""
-        if hasattr(self, "layers"):  # Swin's shift masks are built for img_size
-            x = check_boat_input(x, self.in_chans, [self.img_size[0], self.img_size[1]], self.fsla_stages, self.group_size)
-            return self.patch_embed(x)
-        x = check_boat_input(x, self.in_chans, [], self.fsla_stages, self.group_size)
-        return self.stem(x)
+        """The patch embedding (BOAT-Swin) or the conv stem (BOAT-CSWin), which check the input: NCHW at stride 4."""
+        return self.patch_embed(x) if hasattr(self, "layers") else self.stem(x)
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -325,38 +356,6 @@ class BoatTransformer(ClassifierHeadMixin, nn.Module):
         return take_indices
 
 
-def check_fsla_size(H: int, W: int, fsla_stages: list[int], group_size: int) -> None:
-    """Raise InputShapeError unless every stage with FSLA gets group_size * 2**k tokens."""
-    for i in fsla_stages:
-        stride = 2 ** (i + 2)
-        if H % stride or W % stride or cluster_levels((H // stride) * (W // stride), group_size) is None:
-            raise InputShapeError(
-                f"BOAT's FSLA needs {group_size}*2^k tokens per stage, but input {H}x{W} gives a "
-                f"{H / stride:g}x{W / stride:g} map in stage {i + 1}; sizes that work for the paper's models: "
-                f"{_SIZES_THAT_WORK}"
-            )
-
-
-@register_notrace_function  # FX leaf: branches on the input size
-def check_boat_input(
-    x: torch.Tensor, in_chans: int, fixed_size: list[int], fsla_stages: list[int], group_size: int
-) -> torch.Tensor:
-    """`x` if it is [B, in_chans, H, W] of a size BOAT runs on (`fixed_size` for BOAT-Swin), else InputShapeError."""
-    check_image_batch(x, in_chans)
-    H, W = x.shape[-2], x.shape[-1]
-    if fixed_size and [H, W] != fixed_size:
-        raise InputShapeError(
-            f"this BOAT-Swin was built for {fixed_size[0]}x{fixed_size[1]} inputs, got {H}x{W}; create it with "
-            f"img_size=(H, W), sizes that work for the paper's models: {_SIZES_THAT_WORK}"
-        )
-    check_fsla_size(H, W, fsla_stages, group_size)
-    return x
-
-
-# The model's `forward` lives in _base.py, whose globals timm's tracer patches; torch.fx.wrap patches this module's.
-torch.fx.wrap("check_boat_input")
-
-
 def _init_weights(m: nn.Module) -> None:
     """Reference init: Linear trunc-normal(0.02) with zero bias, LayerNorm (1, 0); convs keep PyTorch's."""
     if isinstance(m, nn.Linear):
@@ -383,7 +382,6 @@ def _cfg(first_conv: str) -> dict:
     return dict(
         num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.9, interpolation="bicubic",
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv=first_conv, classifier="head.fc",
-        fixed_input_size=True,
     )
 
 
