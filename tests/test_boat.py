@@ -237,8 +237,9 @@ def test_lepe_attention_stripes() -> None:
     # segmentation backbone does, then cropped
     odd = torch.randn(3, 1, 4, 5, 8)
     torch.testing.assert_close(branch(odd), branch(F.pad(odd, (0, 0, 0, 1)))[..., :5, :])
+    tall = torch.randn(3, 1, 10, 5, 8)  # rows -2..4 and 5..11 form the two stripes of 7 rows
     wide = LePEAttention(8, 2, split_size=7, stripe="horizontal").eval()
-    torch.testing.assert_close(wide(odd), wide(F.pad(odd, (0, 0, 0, 0, 1, 2)))[:, 1:5])
+    torch.testing.assert_close(wide(tall), wide(F.pad(tall, (0, 0, 0, 0, 2, 2)))[:, 2:12])
     with pytest.raises(ValueError, match="stripe must be one of"):
         LePEAttention(8, 2, 2, "diagonal")
 
