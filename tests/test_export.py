@@ -223,6 +223,14 @@ def test_coreml_converts_where_coremltools_installs(tmp_path):
     assert result.path.exists() and result.input_shape == (1, 3, 64, 64)
 
 
+def test_export_at_a_size_the_model_rejects_gives_its_error(tmp_path, capsys):
+    """BOAT below 32x32: the model's InputShapeError, one line, before torch.export traces anything."""
+    out = tmp_path / "b.onnx"
+    assert main(["export", "boat_swin_tiny", "--format", "onnx", "--res", "16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "BOAT needs inputs of at least 32x32" in err and not out.exists()
+
+
 def test_cli_errors_are_one_line(capsys):
     assert main(["export", "hv_mobilevit_xxs", "--format", "tflite"]) == 2
     err = capsys.readouterr().err.strip()

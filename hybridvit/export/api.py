@@ -133,7 +133,7 @@ def export_model(
         raise OutputError(f"cannot create the folder of --out {path}: {err.strerror or one_line(err)}") from None
     in_chans = getattr(model, "in_chans", 3)
     x = torch.randn(batch, in_chans, res, res)
-    with torch.inference_mode():
+    with torch.inference_mode():  # eager first: an input the model rejects fails with its own one-line error
         if not torch.isfinite(model(x)).all():
             raise ExportError(f"{name} gives NaN or inf outputs on a random input (damaged weights?); not exported")
     # Written and checked under a temporary name, then renamed: a failed export leaves `path` as it was.
