@@ -46,6 +46,7 @@ from ._registry import PaperEntry, register
 MIN_INPUT_SIZE = 32  # one token at stride 32, the last stage's
 
 
+@register_notrace_module  # an FX leaf: window padding and the shift mask follow the map size
 class BoatSwinBlock(SwinTransformerBlock):
     """Bilateral local attention block on Swin (§3.3): (S)W-MSA, then FSLA in shifted blocks, then MLP."""
 
