@@ -10,6 +10,7 @@ from .init import init_weights_cvnets
 from .lca import LCA, LCAAttention
 from .leff import LeFF
 from .mobilenet_blocks import MV2Block, MV3Block
+from .mixers import MIXERS, check_mixer, create_mixer, mixer_names
 from .mobilevit_block import MobileViTBlock
 from .moffn import MoFFN
 from .mosa import MoSA
@@ -19,6 +20,7 @@ from .transformer import TransformerLayer
 from .xfa import XFA
 
 __all__ = [
+    "MIXERS",
     "FSLA",
     "LCA",
     "XFA",
@@ -40,8 +42,11 @@ __all__ = [
     "SqueezeExcite",
     "TransformerLayer",
     "balanced_hierarchical_clustering",
+    "check_mixer",
+    "create_mixer",
     "fold_patches",
     "init_weights_cvnets",
+    "mixer_names",
     "overlapping_key_index",
     "unfold_patches",
 ]

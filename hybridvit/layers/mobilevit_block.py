@@ -20,6 +20,7 @@ class MobileViTBlock(nn.Module):
     concat with the input and an n x n fusion conv. Module names follow timm.
 
     `dilation` dilates the local n x n conv only, as timm's `MobileVitBlock` does in a dilated stage.
+    Each transformer layer gets the patch grid (n_h, n_w) its N tokens lie on, for grid-based mixers.
     """
 
     def __init__(
@@ -43,6 +44,8 @@ class MobileViTBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = self.conv_1x1(self.conv_kxk(x))
         tokens, grid = unfold_patches(local, self.patch_size, self.patch_size)
-        tokens = self.norm(self.transformer(tokens))
+        for layer in self.transformer:
+            tokens = layer(tokens, (grid.num_h, grid.num_w))
+        tokens = self.norm(tokens)
         global_rep = self.conv_proj(fold_patches(tokens, grid))
         return self.conv_fusion(torch.cat((x, global_rep), dim=1))

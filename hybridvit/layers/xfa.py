@@ -3,6 +3,8 @@ Attention", arXiv 2207.07268, §3.1 "Efficient Attention"): softmax-free attenti
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,7 +55,8 @@ class XFA(nn.Module):
         self.proj = nn.Linear(qkv_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Tokens [B, N, C] -> [B, N, C]; the grid `hw` (mixer convention) is not needed."""
         B, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).unbind(2)  # each [B, N, h, d]
         q = F.normalize(q, dim=-1, eps=self.eps)

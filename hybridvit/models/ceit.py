@@ -24,10 +24,10 @@ from timm.models._features import feature_take_indices
 
 from ..convert.ceit import ceit_resize_pos_embed, resample_pos_embed
 from ..errors import InputShapeError, UnsupportedOptionError
-from ..layers.attention import MultiHeadSelfAttention
 from ..layers.i2t import ImageToTokens
 from ..layers.lca import LCA
 from ..layers.leff import LeFF
+from ..layers.mixers import create_mixer
 from ._base import check_output_fmt
 from ._builder import check_image_batch
 from ._registry import PaperEntry, register
@@ -62,7 +62,7 @@ def pos_embed_for_grid(pos_embed: torch.Tensor, grid_h: int, grid_w: int, old_gr
 
 
 class CeiTBlock(nn.Module):
-    """Encoder layer (§3.3): x + DropPath(MSA(LN1(x))), then x + DropPath(LeFF(LN2(x)))."""
+    """Encoder layer (§3.3): x + DropPath(MSA(LN1(x))), then x + DropPath(LeFF(LN2(x))); `attn_layer` swaps MSA."""
 
     def __init__(
         self,
@@ -78,10 +78,15 @@ class CeiTBlock(nn.Module):
         leff_with_bn: bool = True,
         leff_final_act: bool = False,
         leff_cls_bypass: bool = False,
+        attn_layer: str = "mhsa",
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = MultiHeadSelfAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        # The class token leads the sequence, so only mixers that need no token grid fit (mixers.py).
+        self.attn = create_mixer(
+            attn_layer, dim, num_heads, slot="CeiT's encoder blocks", grid=False, qkv_bias=qkv_bias,
+            attn_drop=attn_drop, proj_drop=drop,
+        )
         self.norm2 = norm_layer(dim)
         self.leff = LeFF(
             dim, int(dim * mlp_ratio), leff_kernel_size, leff_with_bn, final_act=leff_final_act,
@@ -112,7 +117,8 @@ class CeiT(nn.Module):
     Paper variants (defaults = official code): `leff_final_act`, `leff_cls_bypass` (see `LeFF`),
     `i2t_chans=32` (the unofficial ports' stem width), `layer_pos_embed=False` (no `pos_layer_embed`).
     `global_pool` (timm's argument): "lca" (default, the paper's), "token", "avg" or "" (see `_POOLS`);
-    only "lca" builds the LCA block and `pos_layer_embed`.
+    only "lca" builds the LCA block and `pos_layer_embed`. `attn_layer` (timm's keyword) swaps the encoder's
+    MSA for another token mixer of `hybridvit.layers.mixers` that needs no token grid (mhsa, xfa).
     """
 
     def __init__(
@@ -134,6 +140,7 @@ class CeiT(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        attn_layer: str = "mhsa",
     ) -> None:
         super().__init__()
         self._check_pool(global_pool)
@@ -156,7 +163,7 @@ class CeiT(nn.Module):
         self.blocks = nn.ModuleList(
             CeiTBlock(
                 dim, cfg.num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_layer,
-                leff_kernel_size, leff_with_bn, leff_final_act, leff_cls_bypass,
+                leff_kernel_size, leff_with_bn, leff_final_act, leff_cls_bypass, attn_layer,
             )
             for i in range(cfg.depth)
         )

@@ -8,6 +8,9 @@ Registered as `hv_mobilevit_*`: timm already owns `mobilevit_*`.
 `output_stride=16 | 8` (timm's argument) dilates the last stage(s) instead of striding (for
 segmentation, MobileViT §4.3 / ml-cvnets `output_stride: 16`).
 
+`attn_layer` (timm's keyword) swaps MHSA in every transformer layer for another token mixer of
+`hybridvit.layers.mixers` (mhsa, xfa, mosa, fsla), on the patch grid of each MobileViT block.
+
 Input size: any H, W >= 32. Feature maps whose side is not a multiple of the 2x2 patch are
 bilinearly resized around the transformer, as the reference does (e.g. 224 -> 7x7 -> 8x8 -> 7x7).
 """
@@ -55,6 +58,7 @@ class MobileViT(MobileViTLayoutMixin, nn.Module):
         mlp_ratio: float = 2.0,
         patch_size: int = 2,
         output_stride: int = 32,
+        attn_layer: str = "mhsa",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -69,7 +73,10 @@ class MobileViT(MobileViTLayoutMixin, nn.Module):
                 chs,
                 dim,
                 [
-                    TransformerLayer(dim, num_heads, mlp_ratio, nn.SiLU, drop=cfg.dropout, drop_path=drop_path_rate)
+                    TransformerLayer(
+                        dim, num_heads, mlp_ratio, nn.SiLU, drop=cfg.dropout, drop_path=drop_path_rate,
+                        attn_layer=attn_layer, slot="MobileViT's blocks",
+                    )
                     for _ in range(depth)
                 ],
                 patch_size,

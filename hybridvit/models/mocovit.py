@@ -26,7 +26,7 @@ from timm.models._features import feature_take_indices
 from ..layers.dyrelu import DyReLU
 from ..layers.ghost import ActFactory, GhostBottleneck, relu
 from ..layers.moffn import MoFFN
-from ..layers.mosa import MoSA
+from ..layers.mixers import create_mixer
 from ._base import check_output_fmt
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
@@ -38,17 +38,22 @@ class MTB(nn.Module):
     No LayerNorm, positional embedding or class token: the only norms are the BNs inside the Ghost
     modules and MoSA's depthwise branch. Works on [B, C, H, W] maps. Lives here rather than in
     layers/ because it is this family's block; MoSA and MoFFN are the shared parts.
+    `attn_layer` swaps MoSA for another token mixer (`layers/mixers.py`) on the H*W tokens; the slot keeps
+    the name `mosa` whatever fills it, so MoCoViT's keys stay the paper model's. No norm is added for it.
     """
 
     def __init__(
-        self, dim: int, hidden_dim: int, num_heads: int = 1, se_ratio: float = 0.25, act_layer: ActFactory = relu
+        self, dim: int, hidden_dim: int, num_heads: int = 1, se_ratio: float = 0.25, act_layer: ActFactory = relu,
+        attn_layer: str = "mosa",
     ) -> None:
         super().__init__()
-        self.mosa = MoSA(dim, num_heads)
+        self.mosa = create_mixer(attn_layer, dim, num_heads, slot="MoCoViT's MTB")
         self.moffn = MoFFN(dim, hidden_dim, se_ratio, act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mosa(x)
+        B, C, H, W = x.shape
+        tokens = self.mosa(x.flatten(2).transpose(1, 2), (H, W))  # views: no copy for MoSA's convs
+        x = x + tokens.transpose(1, 2).reshape(B, C, H, W)
         return x + self.moffn(x)
 
 
@@ -128,6 +133,7 @@ class MoCoViT(nn.Module):
         in_chans: int = 3,
         global_pool: str = "avg",
         drop_rate: float = 0.2,
+        attn_layer: str = "mosa",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -163,7 +169,7 @@ class MoCoViT(nn.Module):
             if len(se_ratios) != cfg.num_mtb:
                 raise ValueError(f"mtb_se_ratios has {len(se_ratios)} entries for {cfg.num_mtb} MTBs")
             hidden = chs(replaced[0].exp)
-            stages.append(nn.Sequential(*[MTB(prev, hidden, cfg.num_heads, se, act) for se in se_ratios]))
+            stages.append(nn.Sequential(*[MTB(prev, hidden, cfg.num_heads, se, act, attn_layer) for se in se_ratios]))
             stage_info.append((prev, reduction))
         # Features at the last stage of each resolution (timm's GhostNet takes them right after each
         # stride-2 block instead), so the 1/32 feature is the MTBs' output.

@@ -6,7 +6,8 @@ Layout: MobileViT-S's Table-4 layout with MV2 -> MV3 and MHSA -> XFA, the readin
 Table 1 description in shared/specs/xformer.md §3 (embed dims 144/192/240, QKV dim 96, MLP ratios
 2/2/3, MV3 expansion 4 with SE, SiLU except GELU in the MLPs); it gives the paper's 5.5M params.
 
-`output_stride=16 | 8` dilates the last stage(s) as in MobileViT (dense heads).
+`output_stride=16 | 8` dilates the last stage(s) as in MobileViT (dense heads). `attn_layer` (timm's
+keyword) swaps XFA for another token mixer of `hybridvit.layers.mixers` (mhsa, xfa, mosa, fsla).
 
 Input size: any H, W; feature maps whose side is not a multiple of the 2x2 patch are bilinearly
 resized around the transformer, as in MobileViT.
@@ -25,7 +26,6 @@ from ..layers.init import init_weights_cvnets
 from ..layers.mobilenet_blocks import MV3Block
 from ..layers.mobilevit_block import MobileViTBlock
 from ..layers.transformer import TransformerLayer
-from ..layers.xfa import XFA
 from ._base import MobileViTLayoutMixin, mobilevit_layout_stages
 from ._builder import build
 from ._registry import PaperEntry, register
@@ -42,16 +42,18 @@ def xf_block(
     drop: float = 0.0,
     drop_path: float = 0.0,
     dilation: int = 1,
+    attn_layer: str = "xfa",
 ) -> MobileViTBlock:
     """XF block (§3.2): MobileViT's local conv, 2x2 unfold, L XF layers + LN, fold, 1x1 projection, fusion.
 
     An XF layer is x + XFA(LN(x)), then x + MLP(LN(x)) with a GELU MLP. The local/fusion convs around
-    the XFA stack are MobileViT v1's (spec §2, reconstructed).
+    the XFA stack are MobileViT v1's (spec §2, reconstructed). `attn_layer` swaps XFA for another
+    mixer of `hybridvit.layers.mixers` (with `heads` heads; `qkv_dim` applies to XFA only).
     """
     layers = [
         TransformerLayer(
-            embed_dim, heads, mlp_ratio, nn.GELU, drop=drop, drop_path=drop_path,
-            attn=XFA(embed_dim, qkv_dim, heads, proj_drop=drop),
+            embed_dim, heads, mlp_ratio, nn.GELU, drop=drop, drop_path=drop_path, attn_layer=attn_layer,
+            attn_options={"xfa": {"qkv_dim": qkv_dim}}, slot="XFormer's XF blocks",
         )
         for _ in range(depth)
     ]
@@ -87,6 +89,7 @@ class XFormer(MobileViTLayoutMixin, nn.Module):
         drop_path_rate: float = 0.0,
         patch_size: int = 2,
         output_stride: int = 32,
+        attn_layer: str = "xfa",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -96,7 +99,10 @@ class XFormer(MobileViTLayoutMixin, nn.Module):
         self.stem = ConvNormAct(in_chans, cfg.stem_chs, 3, stride=2, act_layer=nn.SiLU)
 
         global_blocks = [
-            partial(xf_block, chs, dim, depth, cfg.qkv_dim, ratio, cfg.heads, patch_size, cfg.dropout, drop_path_rate)
+            partial(
+                xf_block, chs, dim, depth, cfg.qkv_dim, ratio, cfg.heads, patch_size, cfg.dropout, drop_path_rate,
+                attn_layer=attn_layer,
+            )
             for chs, dim, depth, ratio in zip(cfg.channels[2:], cfg.embed_dims, cfg.depths, cfg.mlp_ratios)
         ]
         self.stages, self.feature_info = mobilevit_layout_stages(
