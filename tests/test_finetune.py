@@ -21,6 +21,7 @@ from hybridvit.engine.recipes import get_recipe
 from hybridvit.engine.train import TrainConfig, Trainer, build_optimizer
 from hybridvit.errors import CheckpointError
 from hybridvit.models.boat import BoatConfig, BoatTransformer
+from helpers import cvnets_key  # spec §5's names, written independently of the converter
 
 MODEL = "hv_mobilevit_xxs"
 
@@ -57,10 +58,8 @@ def test_timm_mobilevit_with_new_head(tmp_path):
 
 
 def test_cvnets_mobilevit(tmp_path):
-    from test_mobilevit import _to_cvnets  # spec §5's names, written independently of the converter
-
     ours = hybridvit.create_model("hv_mobilevit_xxs").state_dict()
-    cvnets = {_to_cvnets(k, depths=(2, 4, 3)): v for k, v in ours.items()}
+    cvnets = {cvnets_key(k, depths=(2, 4, 3)): v for k, v in ours.items()}
     torch.save({"state_dict": cvnets}, tmp_path / "cvnets.pt")
     model = hybridvit.create_model("hv_mobilevit_xxs", num_classes=10)
     assert load_pretrained(model, tmp_path / "cvnets.pt").head_classes == (1000, 10)

@@ -6,6 +6,7 @@ import torch
 import hybridvit
 from hybridvit.bench.flops import count_macs_at, count_params
 from hybridvit.convert import mobilevit_from_cvnets
+from helpers import cvnets_key  # spec §5's names, written independently of the converter
 
 VARIANTS = ["xxs", "xs", "s"]
 PAPER_PARAMS_M = {"xxs": 1.3, "xs": 2.3, "s": 5.6}
@@ -77,7 +78,7 @@ def test_features_only_strides_and_channels():
 def test_cvnets_checkpoint_loads_through_converter(tmp_path):
     """An ml-cvnets state dict (key names from spec §5) loads strict, with the stem flipped BGR->RGB."""
     ours = hybridvit.create_model("hv_mobilevit_xxs").eval()
-    cvnets = {_to_cvnets(k, depths=(2, 4, 3)): v.clone() for k, v in ours.state_dict().items()}
+    cvnets = {cvnets_key(k, depths=(2, 4, 3)): v.clone() for k, v in ours.state_dict().items()}
     cvnets["conv_1.block.conv.weight"] = cvnets["conv_1.block.conv.weight"].flip(1)  # stored BGR
     assert "layer_3.1.global_rep.2.weight" in cvnets  # the final LayerNorm of layer3 (L = 2)
     assert "layer_4.1.global_rep.1.pre_norm_ffn.4.weight" in cvnets
@@ -88,29 +89,6 @@ def test_cvnets_checkpoint_loads_through_converter(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), ours(x), atol=0, rtol=0)
     assert mobilevit_from_cvnets({"conv_1.block.conv.weight": torch.zeros(1, 3, 1, 1)}).keys() == {"stem.conv.weight"}
-
-
-def _to_cvnets(key, depths):
-    """ml-cvnets name of one of our keys, written from spec §5's table (independent of the converter)."""
-    import re
-
-    key = re.sub(r"^stem\.", "conv_1.block.", key)
-    key = re.sub(r"^final_conv\.", "conv_1x1_exp.block.", key)
-    key = key.replace("head.fc.", "classifier.fc.")
-    m = re.match(r"^stages\.(\d)\.(\d)\.(.*)$", key)
-    if m:
-        stage, idx, rest = int(m.group(1)), m.group(2), m.group(3)
-        rest = (rest.replace("conv1_1x1.", "block.exp_1x1.block.").replace("conv2_kxk.", "block.conv_3x3.block.")
-                .replace("conv3_1x1.", "block.red_1x1.block."))
-        rest = rest.replace("conv_kxk.", "local_rep.conv_3x3.block.").replace("conv_1x1.weight", "local_rep.conv_1x1.block.conv.weight")
-        rest = re.sub(r"^norm\.", f"global_rep.{depths[stage - 2] if stage >= 2 else 0}.", rest)
-        rest = (rest.replace(".norm1.", ".pre_norm_mha.0.").replace(".attn.qkv.", ".pre_norm_mha.1.qkv_proj.")
-                .replace(".attn.proj.", ".pre_norm_mha.1.out_proj.").replace(".norm2.", ".pre_norm_ffn.0.")
-                .replace(".mlp.fc1.", ".pre_norm_ffn.1.").replace(".mlp.fc2.", ".pre_norm_ffn.4."))
-        rest = re.sub(r"^transformer\.", "global_rep.", rest)
-        rest = rest.replace("conv_proj.", "conv_proj.block.").replace("conv_fusion.", "fusion.block.")
-        key = f"layer_{stage + 1}.{idx}.{rest}"
-    return key.replace(".bn.", ".norm.")
 
 
 def test_wrong_channel_count_is_a_clear_error():

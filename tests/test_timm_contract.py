@@ -117,6 +117,14 @@ def test_forward_intermediates_end_in_forward_features(family):
             assert torch.equal(a, b)
         first = model.forward_intermediates(x, indices=[0], intermediates_only=True)
         assert len(first) == 1 and torch.equal(first[0], inter[0])
+        # stop_early: the last level's module never runs when level 1 is the last one asked for
+        ran = []
+        hook = model.get_submodule(info[-1]["module"]).register_forward_pre_hook(lambda *_: ran.append(1))
+        try:
+            _, early = model.forward_intermediates(x, indices=[1], stop_early=True)
+        finally:
+            hook.remove()
+        assert not ran and len(early) == 1 and torch.equal(early[0], inter[1])
     with pytest.raises(UnsupportedOptionError, match="output_fmt"):
         model.forward_intermediates(x, output_fmt="NHWC")
 

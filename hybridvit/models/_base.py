@@ -84,34 +84,21 @@ def mobilevit_layout_stages(
     return nn.Sequential(*stages), feature_info
 
 
-class MobileViTLayoutMixin(ClassifierHeadMixin):
-    """timm's model contract for the `stem` / `stages` (five) / `final_conv` / `head` layout of MobileViT and XFormer
-    (the class sets `in_chans`, `feature_info` and `grad_checkpointing = False`).
+class IntermediatesMixin:
+    """timm's `forward_intermediates`, `prune_intermediate_layers` and `set_grad_checkpointing`, written once.
 
-    Follows timm's ByobNet (which timm's `mobilevit_*` are): `group_matcher` by stage and block,
-    `set_grad_checkpointing` (every block of every stage recomputed in backward), `forward_intermediates`
-    over the five stage outputs of `feature_info` and `prune_intermediate_layers`.
+    Both timm methods resolve timm's `indices` (None: every level; an int n: the last n; negative counts
+    from the end) over `_num_taps()` feature levels with timm's `feature_take_indices`, then call the
+    family's `_forward_intermediates(x, take_indices, stop_index, norm, output_fmt, intermediates_only)`
+    (`stop_index`: the last level to run under `stop_early`, else None; the loop is `run_stages`) or
+    `_prune(max_index, prune_norm, prune_head)`. `intermediate_fmts` lists the output formats a family gives.
     """
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^stem",
-            blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None), (r"^final_conv", (99999,))],
-        )
+    intermediate_fmts = ("NCHW",)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_image_batch(x, self.in_chans)
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x, flatten=True)
-        else:
-            x = self.stages(x)
-        return self.final_conv(x)
 
     def forward_intermediates(
         self,
@@ -122,34 +109,90 @@ class MobileViTLayoutMixin(ClassifierHeadMixin):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Outputs of the stages in `indices` (timm semantics; strides 2..32) and, unless `intermediates_only`,
-        `forward_features(x)`. `norm` is accepted for timm's API: no norm layer sits between the stages.
-        """
-        check_output_fmt(output_fmt)
-        x = check_image_batch(x, self.in_chans)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        x = self.stem(x)
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.final_conv(x)
-        return x, intermediates
+        """Feature maps of the levels in `indices` and, unless `intermediates_only`, `forward_features(x)`."""
+        check_output_fmt(output_fmt, self.intermediate_fmts)
+        take_indices, max_index = feature_take_indices(self._num_taps(), indices)
+        stop_index = max_index if stop_early else None
+        return self._forward_intermediates(x, take_indices, stop_index, norm, output_fmt, intermediates_only)
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the stages after the last index wanted (and `final_conv` + head); used by `features_only`."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        """Drop what runs after the last level in `indices` (and the head if `prune_head`); `features_only` uses it."""
+        take_indices, max_index = feature_take_indices(self._num_taps(), indices)
+        self._prune(max_index, prune_norm, prune_head)
+        return take_indices
+
+
+def run_stages(
+    stages: Sequence[nn.Module],
+    x: torch.Tensor,
+    taps: Sequence[int],
+    stop_index: int | None,
+    run: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loop of `forward_intermediates`: `x = run(stage, x)` for each stage in turn, stopping after
+    `stop_index` (timm's `stop_early`) unless it is None; returns the last `x` and the outputs of the stages
+    whose index is in `taps`."""
+    intermediates = []
+    for i, stage in enumerate(stages):
+        x = run(stage, x)
+        if i in taps:
+            intermediates.append(x)
+        if i == stop_index:
+            break
+    return x, intermediates
+
+
+class MobileViTLayoutMixin(IntermediatesMixin, ClassifierHeadMixin):
+    """timm's model contract for the `stem` / `stages` (five) / `final_conv` / `head` layout of MobileViT and XFormer
+    (the class sets `in_chans`, `feature_info` and `grad_checkpointing = False`).
+
+    Follows timm's ByobNet (which timm's `mobilevit_*` are): `group_matcher` by stage and block,
+    `set_grad_checkpointing` (every block of every stage recomputed in backward), `forward_intermediates`
+    over the five stage outputs of `feature_info` and `prune_intermediate_layers` (`IntermediatesMixin`).
+    """
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None), (r"^final_conv", (99999,))],
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_image_batch(x, self.in_chans)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x, flatten=True)
+        else:
+            x = self.stages(x)
+        return self.final_conv(x)
+
+    def _num_taps(self) -> int:
+        return len(self.stages)
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
+
+    def _forward_intermediates(
+        self, x: torch.Tensor, take_indices: list[int], stop_index: int | None, norm: bool, output_fmt: str,
+        intermediates_only: bool,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        # The five stage outputs (strides 2..32); `norm` has nothing to apply: no norm sits between the stages.
+        x = self.stem(check_image_batch(x, self.in_chans))
+        x, intermediates = run_stages(self.stages, x, take_indices, stop_index, self._run_stage)
+        if intermediates_only:
+            return intermediates
+        if stop_index in (None, len(self.stages) - 1):
+            x = self.final_conv(x)
+        return x, intermediates
+
+    def _prune(self, max_index: int, prune_norm: bool, prune_head: bool) -> None:
+        """Keep the stages through `max_index`; with them cut (or the head pruned), `final_conv` and the head go."""
         if max_index + 1 < len(self.stages) or prune_head:
             self.stages = self.stages[: max_index + 1]
             self.final_conv = nn.Identity()
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         if prune_head:
             self.reset_classifier(0, "")
-        return take_indices

@@ -20,7 +20,6 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, register_notrace_function, to_2tuple
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from ..convert.ceit import ceit_resize_pos_embed, resample_pos_embed
 from ..errors import InputShapeError, UnsupportedOptionError
@@ -28,7 +27,7 @@ from ..layers.i2t import ImageToTokens
 from ..layers.lca import LCA
 from ..layers.leff import LeFF
 from ..layers.mixers import create_mixer
-from ._base import check_output_fmt
+from ._base import IntermediatesMixin, run_stages
 from ._builder import check_image_batch
 from ._registry import PaperEntry, register
 
@@ -109,7 +108,7 @@ class CeiTConfig:
     depth: int = 12
 
 
-class CeiT(nn.Module):
+class CeiT(IntermediatesMixin, nn.Module):
     """CeiT classifier: I2T -> [cls] + pos_embed -> 12 x (MSA + LeFF) -> LCA over the 12 class tokens -> LN -> head.
 
     `forward_features` returns the stacked class tokens of every layer [B, depth, D]; `forward_head`
@@ -120,6 +119,8 @@ class CeiT(nn.Module):
     only "lca" builds the LCA block and `pos_layer_embed`. `attn_layer` (timm's keyword) swaps the encoder's
     MSA for another token mixer of `hybridvit.layers.mixers` that needs no token grid (mhsa, xfa).
     """
+
+    intermediate_fmts = ("NCHW", "NLC")  # patch-token maps or token sequences
 
     def __init__(
         self,
@@ -209,10 +210,6 @@ class CeiT(nn.Module):
         )
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -277,47 +274,38 @@ class CeiT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Patch tokens after the blocks in `indices` (timm semantics), as [B, D, h, w] maps at stride 16 or NLC.
+    def _num_taps(self) -> int:
+        return len(self.blocks)
 
-        `norm` is accepted for timm's API and has no effect: CeiT has no final norm over the patch tokens.
-        Unless `intermediates_only`, also returns the stacked class tokens of the blocks run (`forward_features`).
+    def _run_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return checkpoint(block, x, grid) if self.grad_checkpointing else block(x, grid)
+
+    def _forward_intermediates(
+        self, x: torch.Tensor, take_indices: list[int], stop_index: int | None, norm: bool, output_fmt: str,
+        intermediates_only: bool,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Patch tokens after the blocks in `take_indices`, as [B, D, h, w] maps at stride 16 or NLC, and
+        (unless `intermediates_only`) the stacked class tokens of the blocks run (`forward_features`).
+        `norm` has no effect: CeiT has no final norm over the patch tokens.
         """
-        check_output_fmt(output_fmt, ("NCHW", "NLC"))
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x, grid = self._embed(x)
-        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
-        intermediates, class_tokens = [], []
-        for i, block in enumerate(blocks):
-            x = checkpoint(block, x, grid) if self.grad_checkpointing and not torch.jit.is_scripting() else block(x, grid)
-            class_tokens.append(x[:, 0])
-            if i in take_indices:
-                tokens = x[:, 1:]
-                if output_fmt == "NCHW":
-                    tokens = tokens.transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1])
-                intermediates.append(tokens)
+        x, outputs = run_stages(self.blocks, x, range(len(self.blocks)), stop_index, partial(self._run_block, grid=grid))
+        intermediates = []
+        for i in take_indices:
+            tokens = outputs[i][:, 1:]
+            if output_fmt == "NCHW":
+                tokens = tokens.transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1])
+            intermediates.append(tokens)
         if intermediates_only:
             return intermediates
-        return torch.stack(class_tokens, dim=1), intermediates
+        return torch.stack([out[:, 0] for out in outputs], dim=1), intermediates
 
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the blocks after the last index wanted (and the LCA head); used by `features_only`."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+    def _prune(self, max_index: int, prune_norm: bool, prune_head: bool) -> None:
+        """Drop the blocks after `max_index` (and, if `prune_head`, the LCA head)."""
         self.blocks = self.blocks[: max_index + 1]
         if prune_head:
             self.norm = nn.Identity()
             self.reset_classifier(0, "")
-        return take_indices
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: CeiT) -> dict[str, torch.Tensor]:

@@ -21,13 +21,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d, make_divisible
 from timm.models import checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from ..layers.dyrelu import DyReLU
 from ..layers.ghost import ActFactory, GhostBottleneck, relu
 from ..layers.moffn import MoFFN
 from ..layers.mixers import create_mixer
-from ._base import check_output_fmt
+from ._base import IntermediatesMixin, run_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
@@ -123,7 +122,7 @@ class MoCoViTConfig:
     head_chs: int = 1280
 
 
-class MoCoViT(nn.Module):
+class MoCoViT(IntermediatesMixin, nn.Module):
     """MoCoViT classifier: conv stem, Ghost bottleneck stages, MTBs at 1/32, 1x1 conv, pool, 1x1 conv (1280), FC."""
 
     def __init__(
@@ -213,10 +212,6 @@ class MoCoViT(nn.Module):
             blocks=[(r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)", None), (r"^conv_head", (99999,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image_batch(x, self.in_chans)
         x = self.act1(self.bn1(self.conv_stem(x)))
@@ -224,46 +219,31 @@ class MoCoViT(nn.Module):
             return checkpoint_seq(self.blocks, x, flatten=True)
         return self.blocks(x)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features of `feature_info` in `indices` (timm semantics; strides 2..32) and, unless
-        `intermediates_only`, `forward_features(x)`. `norm` is accepted for timm's API (no final norm).
-        """
-        check_output_fmt(output_fmt)
-        x = check_image_batch(x, self.in_chans)
-        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
-        take_blocks = [self.stage_ends[i] for i in take_indices]
-        last = self.stage_ends[max_index]
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: last + 1]
-        x = self.act1(self.bn1(self.conv_stem(x)))
-        intermediates = []
-        for i, stage in enumerate(blocks):
-            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
-            if i in take_blocks:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+    def _num_taps(self) -> int:
+        return len(self.stage_ends)
 
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages after the last feature wanted (and the head); used by `features_only`."""
-        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
+
+    def _forward_intermediates(
+        self, x: torch.Tensor, take_indices: list[int], stop_index: int | None, norm: bool, output_fmt: str,
+        intermediates_only: bool,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        # The `feature_info` levels (strides 2..32) end at blocks `stage_ends`; `norm`: no final norm to apply.
+        x = self.act1(self.bn1(self.conv_stem(check_image_batch(x, self.in_chans))))
+        stop_block = None if stop_index is None else self.stage_ends[stop_index]
+        taps = [self.stage_ends[i] for i in take_indices]
+        x, intermediates = run_stages(self.blocks, x, taps, stop_block, self._run_stage)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def _prune(self, max_index: int, prune_norm: bool, prune_head: bool) -> None:
+        """Keep the blocks through the level's last one; cutting any (or `prune_head`) drops the head."""
         last = self.stage_ends[max_index]
         if last + 1 < len(self.blocks) or prune_head:
             self.blocks = self.blocks[: last + 1]  # drops the final 1x1 ConvBnAct too
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
             self.conv_head, self.act2 = nn.Identity(), nn.Identity()
             self.reset_classifier(0, "")
-        return take_indices
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.flatten(self.act2(self.conv_head(self.global_pool(x))))
