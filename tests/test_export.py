@@ -234,7 +234,7 @@ def test_export_at_a_size_the_model_rejects_gives_its_error(tmp_path, capsys):
 def test_cli_errors_are_one_line(capsys):
     assert main(["export", "hv_mobilevit_xxs", "--format", "tflite"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "hybridvit: error: unsupported export format 'tflite'; choose one of onnx, torchscript, coreml"
+    assert err == "hybridvit: error: unsupported export format 'tflite'; choose one of onnx, openvino, torchscript, coreml"
     assert main(["export", "hv_mobilevit_xxx", "--format", "onnx"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "unknown model 'hv_mobilevit_xxx'" in err and "hv_mobilevit_xxs" in err

@@ -1,4 +1,4 @@
-"""`export_model`: one entry point for ONNX, TorchScript and Core ML, with an output check."""
+"""`export_model`: one entry point for ONNX, OpenVINO IR, TorchScript and Core ML, with an output check."""
 from __future__ import annotations
 
 import difflib
@@ -17,9 +17,10 @@ from ..models import list_models, paper_entry
 from .coreml import export_coreml
 from .fuse_bn import fuse_bn
 from .onnx import export_onnx, onnx_max_error
+from .openvino import export_openvino, openvino_max_error
 from .torchscript import export_torchscript, load_torchscript, torchscript_max_error
 
-FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "coreml": ".mlpackage"}
+FORMATS: dict[str, str] = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt", "coreml": ".mlpackage"}
 RES_STEP = 32  # other resolutions checked: res +- 32 keeps divisibility by 32 and flips the parity of res/32
 
 
@@ -114,7 +115,7 @@ def export_model(
 ) -> ExportResult:
     """Export `name` (or the given `model`) as `fmt` and check it against eager outputs.
 
-    `batch` defaults to 2 (1 for Core ML). The batch dimension is dynamic for ONNX and TorchScript;
+    `batch` defaults to 2 (1 for Core ML). The batch dimension is dynamic for ONNX, OpenVINO and TorchScript;
     `dynamic=True` also asks for dynamic H/W, kept only if the graph verifies at res +- 32 (otherwise
     H/W is fixed, with a note).
     """
@@ -147,20 +148,27 @@ def export_model(
     return result
 
 
+def _with_weights(path: Path) -> list[Path]:
+    """`path`, and for OpenVINO IR (.xml) the .bin of weights beside it (read by the same stem)."""
+    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+
+
 def _replace(tmp: Path, path: Path) -> None:
     try:
         if path.is_dir():  # a Core ML package is a folder
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        for tmp_file, file in reversed(list(zip(_with_weights(tmp), _with_weights(path)))):  # the .xml last
+            os.replace(tmp_file, file)
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err.strerror or one_line(err)}") from None
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
+    for file in _with_weights(path):
+        if file.is_dir():
+            shutil.rmtree(file, ignore_errors=True)
+        elif file.exists():
+            file.unlink()
 
 
 def _export_checked(
@@ -184,6 +192,8 @@ def _export_checked(
         """Max error, and max error without replaying BOAT's cluster cuts (see `onnx_max_error`)."""
         if fmt == "onnx":
             return onnx_max_error(model, path, inputs)
+        if fmt == "openvino":
+            return openvino_max_error(model, path, inputs)
         err = torchscript_max_error(model, load_torchscript(path), inputs)
         return err, err
 
@@ -191,6 +201,8 @@ def _export_checked(
         try:
             if fmt == "onnx":
                 export_onnx(model, x, path, dynamic_hw)
+            elif fmt == "openvino":
+                export_openvino(model, x, path, dynamic_hw)
             else:
                 export_torchscript(model, x, path)
         except OSError as err:
