@@ -1,18 +1,133 @@
-"""Deployment back ends (hybridvit.export.backends): bench --backend side by side with errors, missing
-extras, the compile back end."""
+"""Deployment back ends: OpenVINO IR export, INT8 with an accuracy check, eval/predict/bench --backend,
+train/eval --compile, missing extras. One tiny training run and one export of it (OpenVINO IR plus its
+INT8 copy) are shared by the whole module: a dynamo export costs 15+ s per model."""
 from __future__ import annotations
 
 import builtins
 import csv
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("openvino")
+pytest.importorskip("nncf")
 
 from hybridvit.cli import main
-from hybridvit.export.backends import BackendError, compile_runtime, prepare, require
+from hybridvit.data.datasets import DigitsDataset
+from hybridvit.engine.inference import load_trained
+from hybridvit.export import export_model
+from hybridvit.export.backends import (
+    BackendError, compile_runtime, max_error, open_exported, openvino_bf16_supported, openvino_runtime, prepare, require,
+)
+
+MODEL = "hv_mobilevit_xxs"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A digits run of a few steps: the main job's model, classes and 32x32 input, not its accuracy."""
+    out = tmp_path_factory.mktemp("deploy") / "run"
+    argv = ["train", "--model", MODEL, "--output", str(out), "--limit", "48", "--batch-size", "16",
+            "--epochs", "1", "--no-progress"]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    """The run exported once as OpenVINO IR and quantized to INT8 by the CLI (dynamic H/W is left out: at
+    32x32 MobileViT's last feature map is 1x1 and the graph does not verify at 64)."""
+    path = tmp_path_factory.mktemp("ir") / "digits.xml"
+    argv = ["export", str(run_dir), "--format", "openvino", "--out", str(path),
+            "--quantize", "int8", "--calibration", "digits", "--calibration-size", "8"]
+    assert main(argv) == 0
+    return path, path.with_name("digits_int8.xml")
+
+
+def test_openvino_ir_matches_eager_at_other_batches(run_dir, exported):
+    path, int8_path = exported
+    assert sorted(p.name for p in path.parent.iterdir()) == ["digits.bin", "digits.xml", "digits_int8.bin", "digits_int8.xml"]
+    model = load_trained(str(run_dir)).model
+    runtime = open_exported(path)
+    assert runtime.backend == "openvino" and runtime.precision == "f32"  # the hint is explicit, and read back
+    err, _ = max_error(model, runtime, [torch.randn(b, 3, 32, 32) for b in (2, 3, 1)])  # exported at batch 2
+    assert err <= 1e-4
+
+
+def test_openvino_export_keeps_dynamic_hw_where_it_verifies(tmp_path):
+    """A toy CNN (dynamo export of a real model costs 15+ s): checked at batch 3 and at 32x32 and 96x96, like ONNX."""
+    class Toy(torch.nn.Module):  # the exporter names dynamic dims by forward's argument, `x`
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).relu().mean((2, 3)))
+
+    result = export_model("toy", "openvino", out=tmp_path / "m.xml", res=64, dynamic=True, model=Toy())
+    assert result.dynamic_batch and result.dynamic_hw and result.max_error <= 1e-4
+    assert result.checked_shapes == [(2, 3, 64, 64), (3, 3, 64, 64), (3, 3, 32, 32), (3, 3, 96, 96)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]  # no partial files left
+
+
+def test_int8_ir_runs_int8_and_eval_reports_top1_against_float(run_dir, exported, capsys):
+    _, int8_path = exported
+    runtime = open_exported(int8_path)
+    assert runtime.precision.startswith("int8 (") and runtime.precision.endswith(") + f32")
+    assert int(runtime.precision.split("(")[1].split()[0]) > 0  # convolutions / matmuls the plugin runs in int8
+    assert main(["eval", "--checkpoint", str(run_dir), "--exported", str(int8_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("360 images at 32px, eager f32: top-1")
+    assert lines[1].startswith("360 images at 32px, openvino int8") and str(int8_path) in lines[1]
+    eager, int8 = (float(line.split("top-1 ")[1].split("%")[0]) for line in lines[:2])
+    assert lines[2].startswith("top-1 openvino int8") and lines[2].endswith(f"vs eager f32: {int8 - eager:+.2f} points")
+
+
+def test_predict_on_an_exported_model_matches_eager(run_dir, exported, tmp_path, capsys):
+    path, _ = exported
+    image, _ = DigitsDataset("val")[0]
+    image.save(tmp_path / "digit.png")
+    outputs = []
+    for extra in ([], ["--exported", str(path)]):
+        assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "digit.png"), "--topk", "3", *extra]) == 0
+        outputs.append(capsys.readouterr().out.splitlines())
+    assert [line.split("%")[1] for line in outputs[0][1:]] == [line.split("%")[1] for line in outputs[1][1:]]
+    assert np.allclose([float(line.split("%")[0]) for line in outputs[0][1:]],
+                       [float(line.split("%")[0]) for line in outputs[1][1:]], atol=0.02)
+
+
+def test_bf16_runs_where_the_cpu_has_it_and_says_so_where_not(exported):
+    path, _ = exported
+    if openvino_bf16_supported():
+        assert openvino_runtime(path, "bf16", "openvino-bf16").precision == "bf16"
+    else:
+        with pytest.raises(BackendError, match="no bf16 support"):
+            openvino_runtime(path, "bf16", "openvino-bf16")
+
+
+def test_openvino_precision_hint_is_always_explicit(exported, monkeypatch):
+    """OpenVINO's CPU default is bf16 on AMX / AVX-512 BF16 machines: f32 must be asked for by name."""
+    import openvino as ov
+
+    configs = []
+    real = ov.Core.compile_model
+    monkeypatch.setattr(ov.Core, "compile_model",
+                        lambda self, model, device, config: configs.append(config) or real(self, model, device, config))
+    open_exported(exported[0])
+    assert configs[0]["INFERENCE_PRECISION_HINT"] == "f32" and configs[0]["INFERENCE_NUM_THREADS"] == torch.get_num_threads()
+
+
+def test_boolean_masks_are_not_counted_as_int8_layers():
+    """OpenVINO runs a boolean tensor (here an output mask) as a u8 Convert: a float graph with one reports f32."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    x = ops.parameter([2, 16], np.float32)
+    logits = ops.matmul(x, ops.constant(np.ones((16, 4), np.float32)), False, False)
+    model = ov.Model([logits, ops.greater(x, ops.constant(np.float32(0)))], [x])
+    assert openvino_runtime(model).precision == "f32"
 
 
 def test_bench_times_back_ends_side_by_side_with_errors(tmp_path):
@@ -29,9 +144,11 @@ def test_bench_times_back_ends_side_by_side_with_errors(tmp_path):
     assert (out / "backends.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_unknown_backend_and_missing_extra_are_one_line_errors(monkeypatch, capsys):
-    assert main(["bench", "test_efficientnet", "--res", "64", "--backend", "tensorrt"]) == 2
+def test_bad_back_end_flags_are_one_line_errors(monkeypatch, capsys, run_dir):
+    assert main(["eval", "--checkpoint", str(run_dir), "--backend", "tensorrt"]) == 2
     assert "unknown back end 'tensorrt'; choose one of eager, compile" in capsys.readouterr().err
+    assert main(["export", MODEL, "--format", "torchscript", "--quantize", "int8"]) == 2
+    assert "--quantize int8 needs --format openvino (NNCF) or onnx (onnxruntime), not torchscript" in capsys.readouterr().err
     real_import = builtins.__import__
 
     def no_openvino(name, *args, **kwargs):
@@ -54,4 +171,4 @@ def test_compile_backend_equals_eager():
     with torch.inference_mode():
         assert runtime.backend == "compile" and runtime.precision == "f32"
         torch.testing.assert_close(runtime(x), model(x))
-    assert prepare("compile", model, 8).backend == "compile"
+    assert prepare("compile", model, 8).backend == "compile"  # what bench / eval get

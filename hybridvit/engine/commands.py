@@ -22,7 +22,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         amp=args.amp, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps, seed=args.seed,
         workers=args.workers, device=args.device, dist_timeout=args.dist_timeout, progress=not args.no_progress,
         check_images=args.check_images, limit=args.limit, init=args.init, layer_decay=args.layer_decay,
-        backbone_lr_ratio=args.backbone_lr_ratio, freeze_epochs=args.freeze_epochs,
+        backbone_lr_ratio=args.backbone_lr_ratio, freeze_epochs=args.freeze_epochs, compile=args.compile,
     )
     try:
         trainer = Trainer(cfg)
@@ -56,7 +56,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .segmentation import eval_command, is_segmentation_run
 
     if is_segmentation_run(args.checkpoint):
+        _eager_only("compile" if args.compile else args.backend, args.exported, "segmenters")
         return eval_command(args)
+    import time
+
+    import torch
     from torch.utils.data import DataLoader
 
     from ..data.datasets import TransformedDataset, build_eval_dataset, skip_unreadable
@@ -67,20 +71,35 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     trained = load_trained(args.checkpoint, args.model, args.weights, args.img_size)
-    trained.model.to(device)
+    backend = "compile" if args.compile else args.backend
     if trained.task == "detection":
+        _eager_only(backend, args.exported, "detectors")
+        trained.model.to(device)
         return _eval_detector(trained, args, device)
+    runs = [("", trained.model, device)]  # eager f32 first; another back end beside it, on the CPU
+    if backend != "eager" or args.exported:
+        runtime = _runtime(args, trained, backend)
+        label = f"{runtime.backend} {runtime.precision}" + (f" ({args.exported})" if args.exported else "")
+        runs = [("eager f32", trained.model, device), (label, runtime.as_module(), torch.device("cpu"))]
+    trained.model.to(device)
     dataset = build_eval_dataset(args.data, trained.classes, args.check_images)
     loader = DataLoader(TransformedDataset(dataset, trained.transform), batch_size=args.batch_size,
                         num_workers=args.workers, collate_fn=skip_unreadable)
     scanned = len(getattr(dataset, "skipped", []))  # unreadable at the scan, not in len(dataset)
-    result = evaluate(trained.model, loader, device)
-    # Plus those unreadable at load time, counted from what was evaluated (right with workers too).
-    skipped = scanned + len(dataset) - result["count"]
-    if result["count"] == 0:
-        raise DataError(f"none of the {len(dataset)} images could be read ({skipped} unreadable)")
-    print(f"{result['count']} images at {trained.img_size}px: top-1 {result['top1']:.2f}% "
-          f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}")
+    results = []
+    for label, model, run_device in runs:
+        start = time.perf_counter()
+        result = evaluate(model, loader, run_device)
+        # Plus those unreadable at load time, counted from what was evaluated (right with workers too).
+        skipped = scanned + len(dataset) - result["count"]
+        if result["count"] == 0:
+            raise DataError(f"none of the {len(dataset)} images could be read ({skipped} unreadable)")
+        timing = f" ({time.perf_counter() - start:.1f} s)" if len(runs) > 1 else ""
+        print(f"{result['count']} images at {trained.img_size}px{', ' + label if label else ''}: top-1 {result['top1']:.2f}% "
+              f"top-5 {result['top5']:.2f}% loss {result['loss']:.4f}{timing}")
+        results.append(result)
+    if len(results) > 1:
+        print(f"top-1 {runs[1][0]} vs eager f32: {results[1]['top1'] - results[0]['top1']:+.2f} points")
     if skipped:
         print(f"skipped {skipped} unreadable image(s)")
 
@@ -134,16 +153,43 @@ def _predict_detector(trained, args: argparse.Namespace) -> None:
     print(f"COCO results (image_id = position of the file, from 1) in {out / 'results.json'}")
 
 
+def _eager_only(backend: str, exported: str | None, what: str) -> None:
+    if backend != "eager" or exported:
+        from ..export.backends import BackendError
+
+        raise BackendError(f"--backend / --exported / --compile run classifiers only; {what} run eager")
+
+
+def _runtime(args: argparse.Namespace, trained, backend: str):
+    """The trained classifier on `backend`, or the --exported file, on the CPU. INT8 back ends calibrate
+    on training images of --data (default digits), never on the evaluated ones."""
+    from ..export.backends import check_backend, open_exported, prepare
+
+    check_backend(backend)
+    if args.exported:
+        return open_exported(args.exported, None if backend == "eager" else backend)
+    calibration = None
+    if backend.endswith("int8"):
+        from ..export.quantize import calibration_images
+
+        calibration = calibration_images(getattr(args, "data", None) or "digits", trained.transform)
+    return prepare(backend, trained.model, trained.img_size, calibration=calibration)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .segmentation import is_segmentation_run, predict_command
 
     if is_segmentation_run(args.checkpoint):
+        _eager_only(args.backend, args.exported, "segmenters")
         return predict_command(args)
     from .inference import load_trained, predict_files
 
     trained = load_trained(args.checkpoint, args.model, args.weights, args.img_size)
     if trained.task == "detection":
+        _eager_only(args.backend, args.exported, "detectors")
         return _predict_detector(trained, args)
+    if args.backend != "eager" or args.exported:
+        trained.model = _runtime(args, trained, args.backend).as_module()
     for file, top in zip(args.images, predict_files(trained, args.images, args.topk)):
         print(file)
         for name, prob in top:
@@ -205,6 +251,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="under torchrun: how long a rank waits for the others before stopping with an error (default 600)")
     p.add_argument("--limit", type=positive_int, help="use only this many train and val images (quick checks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward (inductor; first steps compile)")
     p.set_defaults(func=cmd_train)
 
     for verb, func, text in (("eval", cmd_eval, "evaluate a trained model"), ("predict", cmd_predict, "top-k classes of image files")):
@@ -212,6 +259,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--checkpoint", required=True, help="training output directory, or a weights file")
         p.add_argument("--model", help="model name (default: the one recorded in the output directory)")
         p.add_argument("--weights", choices=("best", "last", "ema"), default="best", help="which weights of an output directory")
+        p.add_argument("--backend", default="eager", help="classifiers: eager (default), compile, onnxruntime, openvino, "
+                       "openvino-bf16, openvino-int8, onnxruntime-int8 (eval reports eager f32 beside it)")
+        p.add_argument("--exported", help="classifiers: an exported .onnx or OpenVINO .xml of this model, run instead")
         if verb == "eval":
             _common(p)
             p.add_argument("--batch-size", type=positive_int, default=64)
@@ -219,6 +269,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--tta-scales", type=lambda t: tuple(float(v) for v in t.split(",")),
                            help="segmentation: test-time scales, e.g. 0.5,0.75,1,1.25,1.5,1.75 (softmax averaged)")
             p.add_argument("--flip", action="store_true", help="segmentation: add horizontally flipped passes")
+            p.add_argument("--compile", action="store_true", help="also evaluate torch.compile'd (= --backend compile)")
         else:
             p.add_argument("images", nargs="+", help="image files")
             p.add_argument("--img-size", type=positive_int)

@@ -74,6 +74,7 @@ class TrainConfig:
     layer_decay: float | None = None
     backbone_lr_ratio: float | None = None
     freeze_epochs: int | None = None
+    compile: bool = False  # torch.compile the model's forward (in place: state_dict keys stay the same)
 
     def __post_init__(self) -> None:
         finetune.check_init(self.init, self.resume)
@@ -224,6 +225,8 @@ class Trainer:
         )
         # After the DDP wrap, which broadcasts rank 0's initial weights: every rank's EMA starts equal.
         self.ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
+        if cfg.compile:
+            model.compile()  # after the EMA's deep copy (which stays eager); DDP calls the compiled forward
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.best_score = -math.inf  # of the task's primary validation metric
         self.running: torch.Tensor | None = None  # the epoch's sums of the task's step stats
