@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from hybridvit.cli import main
+from hybridvit.cli import build_parser, main
 from hybridvit.data.datasets import DigitsDataset
 from hybridvit.engine.inference import load_trained
 from hybridvit.export import export_model
@@ -26,13 +26,9 @@ MODEL = "hv_mobilevit_xxs"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A digits run of a few steps: the main job's model, classes and 32x32 input, not its accuracy."""
-    out = tmp_path_factory.mktemp("deploy") / "run"
-    argv = ["train", "--model", MODEL, "--output", str(out), "--limit", "48", "--batch-size", "16",
-            "--epochs", "1", "--no-progress"]
-    assert main(argv) == 0
-    return out
+def run_dir(digits_backbone):
+    """The session's digits run (conftest.py): the main job's model, classes and 32x32 input; only read here."""
+    return digits_backbone
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +156,18 @@ def test_bad_back_end_flags_are_one_line_errors(monkeypatch, capsys, run_dir):
     monkeypatch.delitem(sys.modules, "openvino", raising=False)
     with pytest.raises(BackendError, match=r"needs openvino, which is not installed: pip install 'hybridvit\[openvino\]'"):
         require("openvino", "the openvino back end")
+
+
+def test_train_compile_compiles_the_model_after_the_ema_copy(tmp_path, monkeypatch):
+    """Wiring only (inductor on a real model costs minutes here): `--compile` compiles the trained model in
+    place, and the EMA copy stays eager."""
+    from hybridvit.engine.train import TrainConfig, Trainer
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: compiled.append(self))
+    trainer = Trainer(TrainConfig(MODEL, output=str(tmp_path), compile=True, ema_decay=0.99, limit=16, batch_size=8, progress=False))
+    assert compiled == [trainer.model] and trainer.ema.module is not trainer.model
+    assert build_parser().parse_args(["train", "--model", MODEL, "--compile"]).compile
 
 
 def test_compile_backend_equals_eager():
