@@ -13,6 +13,15 @@ import hybridvit
 from hybridvit.errors import HybridViTError
 from hybridvit.export.onnx import export_onnx, onnx_max_error
 from hybridvit.layers import MIXERS, MobileViTBlock, create_mixer, mixer_names
+from hybridvit.models.boat import BoatConfig, BoatTransformer
+
+# BOAT-Swin reduced as in tests/test_boat.py (groups of 4 tokens, 2x2 windows): FSLA slots in 3 blocks.
+BOAT_SMALL = BoatConfig("swin", 8, (2, 2, 2, 1), (1, 2, 4, 8), 0.1, window_size=2, group_size=4, overlap=2)
+
+
+def _boat_small(num_classes: int = 4, attn_layer: str = "fsla") -> nn.Module:
+    return BoatTransformer(BOAT_SMALL, num_classes=num_classes, img_size=32, attn_layer=attn_layer)
+
 
 # family -> (smallest model, two input sizes, the paper's mixer)
 FAMILIES = {
@@ -20,7 +29,12 @@ FAMILIES = {
     "xformer": ("xformer_xxs", (64, 96), "xfa"),
     "mocovit": ("mocovit_050", (64, 96), "mosa"),
     "ceit": ("ceit_tiny_patch16_224", (32, 48), "mhsa"),
+    "boat": (_boat_small, (32, 64), "fsla"),
 }
+
+
+def _create(name, **kwargs) -> nn.Module:
+    return name(**kwargs) if callable(name) else hybridvit.create_model(name, **kwargs)
 GRID_FREE = {"ceit"}  # a class token leads the sequence: only mixers without a token grid fit
 PAIRS = [(f, m) for f in FAMILIES for m in mixer_names(grid=f not in GRID_FREE)]
 
@@ -34,7 +48,7 @@ def test_the_table_holds_every_mixer_of_the_families():
 def test_pair_forwards_at_two_sizes_and_trains(family, mixer):
     name, sizes, paper = FAMILIES[family]
     torch.manual_seed(0)
-    model = hybridvit.create_model(name, num_classes=4, attn_layer=mixer)
+    model = _create(name, num_classes=4, attn_layer=mixer)
     kinds = {type(m) for m in model.modules()}
     assert type(create_mixer(mixer, 32, 2, slot="test")) in kinds
     assert mixer == paper or type(create_mixer(paper, 32, 2, slot="test")) not in kinds
@@ -57,11 +71,34 @@ def test_pair_forwards_at_two_sizes_and_trains(family, mixer):
     assert losses[-1] < losses[0] - 1e-3, losses
 
 
+class _GridSpy(nn.Module):
+    """A mixer that records the (N, hw) it is called with and passes the tokens through."""
+
+    calls: list = []
+
+    def forward(self, x: torch.Tensor, hw=None) -> torch.Tensor:
+        self.calls.append((x.shape[1], None if hw is None else tuple(int(v) for v in hw)))
+        return x
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in GRID_FREE])
+def test_each_slot_passes_the_token_grid_rows_by_columns(family, monkeypatch):
+    """On a 64 x 96 image every grid slot gets hw = (rows, cols) of its tokens: h * w = N and h < w."""
+    from hybridvit.layers import mixers
+
+    monkeypatch.setitem(mixers.MIXERS, "spy", mixers.MixerEntry(lambda *args, **kwargs: _GridSpy(), True, "test"))
+    _GridSpy.calls = []
+    name, _, _ = FAMILIES[family]
+    with torch.no_grad():
+        _create(name, num_classes=4, attn_layer="spy").eval()(torch.randn(1, 3, 64, 96))
+    assert _GridSpy.calls and all(h * w == n and h < w for n, (h, w) in _GridSpy.calls), _GridSpy.calls
+
+
 def test_paper_models_keep_their_mixer_by_default():
     """The default of each slot is the paper's mixer (so counts, outputs and keys are the paper model's)."""
     for family, (name, _, paper) in FAMILIES.items():
-        default = hybridvit.create_model(name, pretrained=False).state_dict().keys()
-        explicit = hybridvit.create_model(name, attn_layer=paper).state_dict().keys()
+        default = _create(name).state_dict().keys()
+        explicit = _create(name, attn_layer=paper).state_dict().keys()
         assert list(default) == list(explicit), family
 
 
@@ -97,3 +134,61 @@ def test_onnx_matches_eager_for_fsla_in_a_mobilevit_block(tmp_path):
     export_onnx(graph, torch.randn(2, 16, 16, 16), tmp_path / "mixers.onnx", dynamic_hw=False)
     worst, _ = onnx_max_error(graph, tmp_path / "mixers.onnx", [torch.randn(b, 16, 16, 16) for b in (3, 1)])
     assert worst < 1e-4
+
+
+def test_bench_times_mixers_against_tokens_and_models_with_each_mixer(tmp_path, capsys):
+    """`bench --attn ... --tokens ...`: one row per (mixer, N) from the shared runner and counters, the
+    mixer plot; named models come back once per mixer swapped in (MODEL@MIXER)."""
+    import json
+
+    from hybridvit.cli import main
+
+    argv = ["bench", "xformer_xxs", "--attn", "mhsa", "xfa", "mosa", "fsla", "--tokens", "64", "256",
+            "--res", "64", "--rounds", "1", "--warmup", "0", "--dim", "32", "--heads", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    mixers = {(r["model"], r["tokens"]): r for r in rows if r["tokens"]}
+    assert set(mixers) == {(m, n) for m in MIXERS for n in (64, 256)}
+    assert all(r["latency_ms"] > 0 and r["peak_mem_mb"] > 0 for r in mixers.values())
+    growth = {m: mixers[m, 256]["gmacs"] / mixers[m, 64]["gmacs"] for m in MIXERS}
+    assert growth["xfa"] == pytest.approx(4, rel=0.01)  # linear in N
+    assert growth["mhsa"] > 5 and growth["mosa"] > 5  # the N x N map (the no-attention part stays linear)
+    assert mixers["fsla", 256]["gmacs"] / mixers["mhsa", 256]["gmacs"] < 0.8  # local groups, not N x N
+    models = {r["model"] for r in rows if r["res"] == 64}
+    assert models == {f"xformer_xxs@{m}" for m in MIXERS}
+    assert (tmp_path / "mixers.png").stat().st_size > 0 and (tmp_path / "latency.png").is_file()
+    assert "xformer_xxs@fsla" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--tokens", "64"], "--tokens times token mixers: name them with --attn"),
+    (["--attn", "lca"], "unknown attn_layer 'lca' for the mixer bench; choose one of mhsa, xfa, mosa, fsla"),
+    (["ceit_tiny_patch16_224", "--attn", "fsla"], "attn_layer 'fsla' cannot work in CeiT's encoder blocks"),
+])
+def test_bench_mixer_errors_are_one_line(argv, message, tmp_path, capsys):
+    from hybridvit.cli import main
+
+    assert main(["bench", *argv, "--rounds", "1", "--warmup", "0", "--out", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_train_attn_records_the_mixer_for_eval_and_resume(tmp_path, capsys):
+    """`train --attn xfa` builds the model with that mixer; eval and export rebuild it from run.json; a
+    resume with another mixer is refused like any changed flag."""
+    import json
+
+    from hybridvit.cli import main
+
+    out = tmp_path / "run"
+    quick = ["--limit", "32", "--batch-size", "16", "--no-progress", "--epochs", "1", "--img-size", "32"]
+    assert main(["train", "--model", "hv_mobilevit_xxs", "--attn", "xfa", "--output", str(out), *quick,
+                 "--max-steps", "1"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["attn_layer"] == "xfa" and info["flags"]["attn"] == "xfa"
+    assert main(["eval", "--checkpoint", str(out), "--weights", "last"]) == 0
+    assert main(["export", str(out), "--format", "torchscript", "--weights", "last"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--model", "hv_mobilevit_xxs", "--attn", "mosa", "--output", str(out), *quick,
+                 "--max-steps", "2", "--resume"]) == 2
+    assert "--attn 'mosa' (saved 'xfa')" in capsys.readouterr().err

@@ -230,7 +230,7 @@ def test_ghost_module_concatenates_intrinsic_and_ghost_maps():
 def test_mtb_has_two_residuals_and_no_layernorm():
     mtb = MTB(16, 32).eval()
     assert not any(isinstance(m, nn.LayerNorm) for m in mtb.modules())
-    x = torch.randn(1, 16, 2, 2)
+    x = torch.randn(1, 16, 2, 3)  # not square: the MTB hands MoSA its tokens as (rows, cols)
     with torch.no_grad():
         z = x + _OnMap(mtb.mosa)(x)
         torch.testing.assert_close(mtb(x), z + mtb.moffn(z))

@@ -1,4 +1,4 @@
-"""`hybridvit bench MODEL... [--res ...] [--batch ...] [--peers] [--all] --out DIR`."""
+"""`hybridvit bench MODEL... [--res ...] [--batch ...] [--peers] [--all] [--attn MIXER... [--tokens N...]] --out DIR`."""
 from __future__ import annotations
 
 import argparse
@@ -14,14 +14,30 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.task == "detection" and args.head is None:
         args.head = "ssdlite"
     names = resolve_models(args.model, all_models=args.all, peers=args.peers, head=args.head)
-    if not names:
-        raise HybridViTError("no models to benchmark: name some, or pass --all / --peers")
+    if args.attn:  # each model with each mixer swapped in; the mixers alone against the token count
+        names = [f"{name}@{mixer}" for name in names for mixer in args.attn]
+        resolve_models(names, head=args.head)
+        if args.tokens is None and not names:
+            args.tokens = [256, 1024, 4096, 16384]
+    elif args.tokens:
+        raise HybridViTError("--tokens times token mixers: name them with --attn (e.g. --attn mhsa xfa)")
+    if not names and not args.tokens:
+        raise HybridViTError("no models to benchmark: name some, or pass --all / --peers / --attn")
     cfg = BenchConfig(
         resolutions=args.res, batches=args.batch, warmup=args.warmup, rounds=args.rounds, device=args.device,
         threads=args.threads, memory=not args.no_memory, head=args.head, backends=args.backend,
         workdir=args.workdir,
     )
-    rows = run_bench(names, cfg, log=lambda msg: print(msg, flush=True))
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    rows = []
+    if args.tokens:
+        from .mixers import run_mixer_bench
+
+        rows += run_mixer_bench(args.attn, args.tokens, cfg, dim=args.dim, num_heads=args.heads, log=log)
+    if names:
+        rows += run_bench(names, cfg, log=log)
     env = environment()
     print(f"\ntorch {env['torch']}, {cfg.device}, {env['threads']} thread(s); "
           f"median of {cfg.rounds} alternating rounds; GMACs per image")
@@ -52,6 +68,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", nargs="+", default=["eager"],
                    help="back ends to time side by side (default eager): eager compile onnxruntime openvino "
                         "openvino-bf16 openvino-int8 onnxruntime-int8; INT8 ones calibrate on random images")
+    p.add_argument("--attn", nargs="+", metavar="MIXER",
+                   help="token mixers (mhsa xfa mosa fsla): each alone vs --tokens, and each swapped into the models")
+    p.add_argument("--tokens", type=positive_int, nargs="+",
+                   help="token counts for --attn (default 256 1024 4096 16384 when no model is named)")
+    p.add_argument("--dim", type=positive_int, default=144, help="token width for --tokens (default 144)")
+    p.add_argument("--heads", type=positive_int, default=4, help="heads for --tokens (default 4)")
     p.add_argument("--workdir", help="keep the exported ONNX / OpenVINO graphs here (default: a temporary folder)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table and write table.md")
     p.add_argument("--out", default="bench_results", help="output folder (default bench_results)")

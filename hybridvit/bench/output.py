@@ -31,6 +31,10 @@ def rows_table(rows: Sequence[BenchRow], markdown: bool = False) -> str:
     columns = dict(_TABLE_COLUMNS)
     if not any(r.note for r in rows):
         del columns["note"]
+    if any(r.tokens for r in rows):  # token-mixer rows (bench/mixers.py)
+        columns = {"model": "model", "tokens": "tokens", **{k: v for k, v in columns.items() if k != "model"}}
+        if all(r.res is None for r in rows):
+            del columns["res"]
     if any(r.backend != "eager" for r in rows):
         keys = list(columns)
         at = keys.index("batch") + 1
@@ -65,7 +69,7 @@ def environment() -> dict:
 
 
 def write_results(rows: Sequence[BenchRow], out_dir: str | Path, markdown: bool = False) -> dict[str, Path]:
-    """Write results.csv, results.json, latency.png, memory.png (and table.md) into `out_dir`."""
+    """Write results.csv, results.json, latency.png, memory.png (mixers.png for mixer rows; table.md) into `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "json": out / "results.json"}
@@ -79,8 +83,12 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | Path, markdown: bool 
     payload = {"environment": environment(), "columns": list(COLUMNS), "rows": [r.as_dict() for r in rows]}
     _write_text(paths["json"], json.dumps(payload, indent=1))
 
-    paths["latency_png"] = _plot(rows, "latency_ms", "latency, median (ms)", out / "latency.png")
-    paths["memory_png"] = _plot(rows, "peak_mem_mb", "peak memory (MiB)", out / "memory.png")
+    model_rows = [r for r in rows if r.res is not None]
+    if model_rows:
+        paths["latency_png"] = _plot(model_rows, "latency_ms", "latency, median (ms)", out / "latency.png")
+        paths["memory_png"] = _plot(model_rows, "peak_mem_mb", "peak memory (MiB)", out / "memory.png")
+    if len(model_rows) < len(rows):
+        paths["mixers_png"] = _plot_mixers([r for r in rows if r.res is None], out / "mixers.png")
     if any(r.backend != "eager" for r in rows):
         paths["backends_png"] = _plot_backends(rows, out / "backends.png")
     if markdown:
@@ -115,6 +123,35 @@ def _plot(rows: Sequence[BenchRow], key: str, label: str, path: Path) -> Path:
         ax.set(title=f"batch {batch} (solid: hybridvit, dashed: timm)", xlabel="input resolution (px)", ylabel=label)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def _plot_mixers(rows: Sequence[BenchRow], path: Path) -> Path:
+    """Token mixers alone: latency, peak memory and GMACs against the token count (log-log), one line per
+    mixer and batch size, as the XFormer paper's XFA-vs-MHSA figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("latency_ms", "latency, median (ms)"), ("peak_mem_mb", "peak memory (MiB)"), ("gmacs", "GMACs")]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    lines = list(dict.fromkeys((r.model, r.batch) for r in rows))
+    for ax, (key, label) in zip(axes, panels):
+        for i, (mixer, batch) in enumerate(lines):
+            points = sorted((r.tokens, getattr(r, key)) for r in rows
+                            if (r.model, r.batch) == (mixer, batch) and getattr(r, key) is not None)
+            if points:
+                name = mixer if len({b for _, b in lines}) == 1 else f"{mixer} (batch {batch})"
+                ax.plot(*zip(*points), marker="o", label=name, color=plt.cm.tab10.colors[i % 10])
+        ax.set(xscale="log", yscale="log", xlabel="tokens N", ylabel=label, title=label.split(",")[0])
+        ax.grid(alpha=0.3, which="both")
+    note = rows[0].note if rows else ""
+    fig.suptitle(f"token mixers alone ({note.rsplit(', grid', 1)[0]}; {rows[0].device if rows else ''})", fontsize=10)
+    axes[-1].legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

@@ -48,7 +48,7 @@ DETECTOR_SCORE_THRESH = 0.5
 COLUMNS: tuple[str, ...] = (
     "model", "source", "res", "batch", "params_m", "gmacs", "gmacs_no_attn",
     "latency_ms", "latency_p90_ms", "throughput_img_s", "peak_mem_mb", "device", "threads", "note",
-    "backend", "precision", "vs_eager", "max_err",
+    "backend", "precision", "vs_eager", "max_err", "tokens",
 )
 TORCH_BACKENDS = ("eager", "compile")  # the ones whose peak memory the torch profiler sees
 
@@ -59,7 +59,7 @@ class BenchRow:
 
     model: str
     source: str  # "hybridvit" or "timm"
-    res: int
+    res: int | None  # None for a token mixer alone (bench/mixers.py), which has `tokens` instead
     batch: int
     params_m: float
     gmacs: float | None = None
@@ -75,6 +75,7 @@ class BenchRow:
     precision: str = "f32"  # what the back end reports it ran
     vs_eager: float | None = None  # latency / eager latency of the same model, resolution and batch
     max_err: float | None = None  # max |out - eager| / max(1, |eager|), BOAT's cluster cuts replayed
+    tokens: int | None = None  # token count of a mixer row
 
     @property
     def label(self) -> str:
@@ -110,6 +111,14 @@ def resolve_models(
 
 
 def check_bench_name(name: str, head: str | None = None) -> None:
+    model, at, mixer = name.partition("@")
+    if at:  # MODEL@MIXER: a model with another token mixer (`attn_layer`, layers/mixers.py)
+        from ..layers.mixers import check_mixer
+
+        if head:
+            raise UnknownModelError(f"'{name}': MODEL@MIXER names are for classification benches, not detectors")
+        check_mixer(mixer, "bench")
+        return check_bench_name(model, head)
     if name in list_models() or (head and name in DETECTION_PEERS) or (not head and timm.is_model(name)):
         return
     seg_head, sep, backbone = name.partition(":")
@@ -141,6 +150,9 @@ class DetectorOnBatch(torch.nn.Module):
 
 def _create(name: str, head: str | None = None) -> torch.nn.Module:
     # Random weights: speed and memory do not depend on them, and peers need no download.
+    model, at, mixer = name.partition("@")
+    if at and head is None:
+        return timm.create_model(model, pretrained=False, attn_layer=mixer).eval()
     if head is None:
         from ..tasks import segmenter_from_spec
 
@@ -270,4 +282,4 @@ def _runtimes(models: dict, cells: list[tuple[str, int]], cfg: BenchConfig, log)
 
 
 def _source(name: str, ours: set[str]) -> str:
-    return "hybridvit" if name.rpartition(":")[2] in ours else "torchvision" if name in DETECTION_PEERS else "timm"
+    return "hybridvit" if name.rpartition(":")[2].partition("@")[0] in ours else "torchvision" if name in DETECTION_PEERS else "timm"

@@ -23,6 +23,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         workers=args.workers, device=args.device, dist_timeout=args.dist_timeout, progress=not args.no_progress,
         check_images=args.check_images, limit=args.limit, init=args.init, layer_decay=args.layer_decay,
         backbone_lr_ratio=args.backbone_lr_ratio, freeze_epochs=args.freeze_epochs, compile=args.compile,
+        attn=args.attn,
     )
     try:
         trainer = Trainer(cfg)
@@ -223,6 +224,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _task_options(p)
     p.add_argument("--backbone-checkpoint",
                    help="detection: classification weights for the backbone (ours, a run directory, or any converter layout)")
+    p.add_argument("--attn", metavar="MIXER",
+                   help="token mixer in the model's attention slots: mhsa xfa mosa fsla (default: the paper's)")
     p.add_argument("--recipe", help=f"training recipe: {', '.join(RECIPES)} (default: digits; detection: digit_scenes)")
     p.add_argument("--output", default="runs/train", help="output directory (checkpoints, metrics.csv, curves.png)")
     p.add_argument("--epochs", type=positive_int)

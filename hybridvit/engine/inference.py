@@ -49,6 +49,8 @@ def load_trained(checkpoint: str, model_name: str | None = None, weights: str = 
     if info.get("task") == "detection":
         return _load_detector(name, info, file, img_size)
     kwargs = {"num_classes": info["num_classes"]} if isinstance(info.get("num_classes"), int) else {}
+    if info.get("attn_layer"):  # trained with `train --attn`
+        kwargs["attn_layer"] = info["attn_layer"]
     model = create_model(name, **kwargs)
     size = img_size or info.get("img_size") or resolve_data_config({}, model=model)["input_size"][-1]
     match_input_size(model, info.get("img_size") or size)  # the size the run trained at (CeiT's pos_embed)

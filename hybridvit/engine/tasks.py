@@ -100,6 +100,8 @@ class ClassificationTask:
 
         recipe = self.recipe
         kwargs = {"drop_path_rate": recipe.drop_path} if recipe.drop_path else {}
+        if self.cfg.attn:
+            kwargs["attn_layer"] = self.cfg.attn
         model = create_model(self.cfg.model, num_classes=num_classes, **kwargs)
         data_cfg = resolve_data_config({}, model=model)
         self.num_classes = num_classes
@@ -177,7 +179,7 @@ class ClassificationTask:
         return {
             "num_classes": self.num_classes, "img_size": self.img_size, "mean": list(self.mean),
             "std": list(self.std), "crop_pct": self.crop_pct, "interpolation": self.eval_interpolation,
-            "resolutions": self.resolutions,
+            "resolutions": self.resolutions, "attn_layer": self.cfg.attn,
         }
 
 

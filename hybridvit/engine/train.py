@@ -75,16 +75,19 @@ class TrainConfig:
     backbone_lr_ratio: float | None = None
     freeze_epochs: int | None = None
     compile: bool = False  # torch.compile the model's forward (in place: state_dict keys stay the same)
+    attn: str | None = None  # token mixer swapped into the model (`attn_layer`, layers/mixers.py); None: the paper's
 
     def __post_init__(self) -> None:
         finetune.check_init(self.init, self.resume)
+        if self.attn and self.task != "classification":
+            raise HybridViTError(f"--attn swaps classifiers' token mixers; it is not wired to --task {self.task}")
 
 
 # The flags that define a run: recorded in run.json; on resume, a flag left out takes the saved value
 # and a flag given with another value is refused (a resume continues the same run, bit-exactly).
 RUN_FLAGS = ("model", "task", "head", "data", "recipe", "epochs", "batch_size", "lr", "img_size", "multi_scale",
              "scales", "batch_rule", "warmup_epochs", "ema_decay", "amp", "seed", "limit", "layer_decay",
-             "backbone_lr_ratio", "freeze_epochs")
+             "backbone_lr_ratio", "freeze_epochs", "attn")
 
 
 def run_flags(cfg: TrainConfig) -> dict[str, Any]:
@@ -100,6 +103,8 @@ def resume_config(cfg: TrainConfig, info: dict[str, Any], out: Path) -> TrainCon
     if info["model"] != cfg.model:
         raise CheckpointError(f"cannot resume: {out} holds a {info['model']} run, not {cfg.model}")
     saved = info.get("flags")
+    if isinstance(saved, dict):
+        saved = {"attn": None, **saved}  # runs from before --attn used the paper's mixer
     if not isinstance(saved, dict) or set(RUN_FLAGS) - set(saved):
         raise CheckpointError(f"cannot resume: {out}/{ckpt.RUN_INFO} does not record the run's flags")
     given = run_flags(cfg)

@@ -32,7 +32,12 @@ def cmd_export(args: argparse.Namespace) -> None:
         name, res = info["model"], res or info.get("img_size")
         checkpoint = checkpoint or run_weights(run_dir, args.weights)
         out = out or run_dir / f"{name}{FORMATS[args.format]}"
-    model = load_model(name, checkpoint)
+    if info is not None and info.get("attn_layer"):  # a `train --attn` run: rebuilt with its token mixer
+        from ..engine.inference import load_trained
+
+        model = load_trained(str(run_dir), weights=args.weights).model
+    else:
+        model = load_model(name, checkpoint)
     result = export_model(
         name, args.format, out=out, res=res, batch=args.batch, dynamic=args.dynamic,
         fold_bn=args.fuse_bn, checkpoint=checkpoint, model=model,

@@ -22,6 +22,9 @@ token counts that are not 49 * 2**L (`layers/fsla.py`). Where the reference work
 power of two) nothing is padded and the outputs are the reference's. `img_size` only decides, as in
 timm and the reference, which Swin stages shift their windows and so hold FSLA (those larger than the
 window at that size).
+
+`attn_layer` (timm's keyword) puts another token mixer of `hybridvit.layers.mixers` in FSLA's slot
+(mhsa, xfa, mosa, fsla), on the stage's H x W tokens; the slot keeps the reference's key names.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 from ..errors import InputShapeError
 from ..layers.cswin_attention import LePEAttention
 from ..layers.fsla import FSLA
+from ..layers.mixers import create_mixer
 from ._base import ClassifierHeadMixin, check_output_fmt
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
@@ -50,12 +54,14 @@ MIN_INPUT_SIZE = 32  # one token at stride 32, the last stage's
 class BoatSwinBlock(SwinTransformerBlock):
     """Bilateral local attention block on Swin (§3.3): (S)W-MSA, then FSLA in shifted blocks, then MLP."""
 
-    def __init__(self, dim: int, num_heads: int, group_size: int, overlap: int, **kwargs) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, group_size: int, overlap: int, attn_layer: str = "fsla", **kwargs
+    ) -> None:
         super().__init__(dim=dim, num_heads=num_heads, dynamic_mask=True, **kwargs)
         self.attnC = self.norm4 = None
         if any(self.shift_size):  # reference: FSLA only where the window is shifted
             self.norm4 = nn.LayerNorm(dim)
-            self.attnC = FSLA(dim, num_heads, group_size, overlap)
+            self.attnC = _fsla_slot(attn_layer, dim, num_heads, group_size=group_size, overlap=overlap)
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
 
     def get_attn_mask(self, x: torch.Tensor | None = None, device=None, dtype=None) -> torch.Tensor | None:
@@ -75,9 +81,9 @@ class BoatSwinBlock(SwinTransformerBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         x = x + self.drop_path1(self._attn(self.norm1(x)))
-        if self.attnC is not None:
-            x = x + self.attnC(self.norm4(x))  # no drop-path here in the reference
         x = x.reshape(B, H * W, C)
+        if self.attnC is not None:
+            x = x + self.attnC(self.norm4(x), (H, W))  # no drop-path here in the reference
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.reshape(B, H, W, C)
 
@@ -88,15 +94,15 @@ class BoatSwinStage(nn.Module):
     def __init__(
         self, dim: int, out_dim: int, resolution: tuple[int, int], depth: int, num_heads: int,
         window_size: int, downsample: bool, drop_path: list[float], group_size: int, overlap: int,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: float = 4.0, attn_layer: str = "fsla",
     ) -> None:
         super().__init__()
         self.grad_checkpointing = False
         self.downsample = PatchMerging(dim, out_dim) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
             BoatSwinBlock(
-                out_dim, num_heads, group_size, overlap, input_resolution=resolution, window_size=window_size,
-                shift_size=0 if i % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio, drop_path=drop_path[i],
+                out_dim, num_heads, group_size, overlap, attn_layer, input_resolution=resolution,
+                window_size=window_size, shift_size=0 if i % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio, drop_path=drop_path[i],
             )
             for i in range(depth)
         ])
@@ -114,7 +120,7 @@ class BoatCSWinBlock(nn.Module):
 
     def __init__(
         self, dim: int, num_heads: int, split_size: int, last_stage: bool, fsla: bool, group_size: int,
-        overlap: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+        overlap: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, attn_layer: str = "fsla",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -130,7 +136,9 @@ class BoatCSWinBlock(nn.Module):
         self.content_attn = self.norm3 = None
         if fsla:
             self.norm3 = nn.LayerNorm(dim)
-            self.content_attn = FSLA(dim, num_heads, group_size, overlap, scale=1.0)
+            self.content_attn = _fsla_slot(
+                attn_layer, dim, num_heads, group_size=group_size, overlap=overlap, scale=1.0
+            )
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
@@ -143,7 +151,8 @@ class BoatCSWinBlock(nn.Module):
             isla = torch.cat([self.attns[0](qkv[..., : C // 2]), self.attns[1](qkv[..., C // 2 :])], dim=-1)
         x = x + self.drop_path(self.proj(isla))
         if self.content_attn is not None:
-            x = x + self.drop_path(self.content_attn(self.norm3(x)))
+            fsla = self.content_attn(self.norm3(x).reshape(B, H * W, C), (H, W)).reshape(B, H, W, C)
+            x = x + self.drop_path(fsla)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -186,19 +195,26 @@ class BoatCSWinStage(nn.Module):
     def __init__(
         self, dim: int, out_dim: int, depth: int, num_heads: int, split_size: int, downsample: bool,
         last_stage: bool, drop_path: list[float], group_size: int, overlap: int, mlp_ratio: float = 4.0,
+        attn_layer: str = "fsla",
     ) -> None:
         super().__init__()
         self.grad_checkpointing = False
         self.downsample = ConvEmbed(dim, out_dim, 3, 2, 1) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
             BoatCSWinBlock(
-                out_dim, num_heads, split_size, last_stage, i % 2 == 0, group_size, overlap, mlp_ratio, drop_path[i]
+                out_dim, num_heads, split_size, last_stage, i % 2 == 0, group_size, overlap, mlp_ratio, drop_path[i],
+                attn_layer,
             )
             for i in range(depth)
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _run_blocks(self.blocks, self.downsample(x).permute(0, 2, 3, 1), self.grad_checkpointing)
+
+
+def _fsla_slot(attn_layer: str, dim: int, num_heads: int, **fsla_options) -> nn.Module:
+    """The token mixer in FSLA's place (`attn_layer`, layers/mixers.py); FSLA itself with the reference's options."""
+    return create_mixer(attn_layer, dim, num_heads, slot="BOAT's FSLA slot", options={"fsla": fsla_options})
 
 
 def _run_blocks(blocks: nn.Sequential, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
@@ -239,6 +255,7 @@ class BoatTransformer(ClassifierHeadMixin, nn.Module):
         drop_path_rate: float | None = None,
         mlp_ratio: float = 4.0,
         reference_batch_pairing: bool = False,
+        attn_layer: str = "fsla",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -255,14 +272,14 @@ class BoatTransformer(ClassifierHeadMixin, nn.Module):
             self.patch_embed = InputStem(in_chans, dims[0], 4, 4, 0, pad_to=4)
             self.layers = nn.Sequential(*[
                 BoatSwinStage(dims[max(i - 1, 0)], dims[i], maps[i], cfg.depths[i], cfg.num_heads[i],
-                              cfg.window_size, i > 0, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio)
+                              cfg.window_size, i > 0, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio, attn_layer)
                 for i in range(4)
             ])
         else:
             self.stem = InputStem(in_chans, dims[0], 7, 4, 2, pad_to=1)
             self.stages = nn.Sequential(*[
                 BoatCSWinStage(dims[max(i - 1, 0)], dims[i], cfg.depths[i], cfg.num_heads[i], cfg.split_sizes[i],
-                               i > 0, i == 3, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio)
+                               i > 0, i == 3, dpr[i], cfg.group_size, cfg.overlap, mlp_ratio, attn_layer)
                 for i in range(4)
             ])
         stage_name = "layers" if cfg.isla == "swin" else "stages"
