@@ -212,6 +212,19 @@ def test_grad_checkpointing_same_outputs_and_gradients_less_saved(family):
     assert checkpointed < 0.5 * plain, (checkpointed, plain)
 
 
+@pytest.mark.parametrize("family", SMALLEST)
+def test_factory_device_dtype_and_reset_classifier_keep_them(family):
+    # timm >= 1.0.31 passes create_model(device=..., dtype=...) to the model; its reset_classifier keeps both
+    model = _create(family, device="meta", dtype=torch.bfloat16)
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model.eval().to(dtype=torch.float64)
+    model.reset_classifier(7)
+    head = model.get_classifier()
+    assert [(p.device.type, p.dtype) for p in head.parameters()] == [("meta", torch.float64)] * 2
+    assert not any(m.training for m in model.modules())
+
+
 @pytest.mark.parametrize("family", ["mobilevit", "mocovit", "ceit"])
 def test_no_pooling_keeps_the_feature_map(family):
     model, x = _model(family)

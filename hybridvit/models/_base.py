@@ -5,7 +5,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead
+from timm.layers import ClassifierHead, get_device_dtype
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
@@ -17,6 +17,14 @@ def check_output_fmt(output_fmt: str, supported: Sequence[str] = ("NCHW",)) -> N
     """Reject a `forward_intermediates` output format the model cannot produce."""
     if output_fmt not in supported:
         raise UnsupportedOptionError(f"output_fmt must be one of {list(supported)}, got '{output_fmt}'")
+
+
+def new_classifier(model: nn.Module, in_features: int, num_classes: int) -> nn.Module:
+    """A fresh linear classifier (Identity for 0 classes) on the model's device and dtype and in its train/eval
+    mode, as timm's `reset_classifier` makes one."""
+    if num_classes <= 0:
+        return nn.Identity()
+    return nn.Linear(in_features, num_classes, **get_device_dtype(model)).train(model.training)
 
 
 class ClassifierHeadMixin:

@@ -1,6 +1,7 @@
 """Model construction through timm's `build_model_with_cfg`, so `features_only=True` works."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -10,15 +11,24 @@ from timm.models import build_model_with_cfg
 from ..errors import InputShapeError
 
 
-def build(model_cls: type, variant: str, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """Build `variant` of `model_cls`; stage modules named in `feature_info` become feature outputs."""
-    return build_model_with_cfg(
-        model_cls,
-        variant,
-        pretrained,
-        feature_cfg=dict(flatten_sequential=True),
-        **kwargs,
-    )
+def build(
+    model_cls: type,
+    variant: str,
+    pretrained: bool = False,
+    feature_cfg: dict[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """Build `variant` of `model_cls`; stage modules named in `feature_info` become feature outputs
+    (unless `feature_cfg` says otherwise). `device` / `dtype` are timm's factory arguments
+    (`create_model(name, device="meta")`): tensors are created there and then cast.
+    """
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(
+            model_cls, variant, pretrained, feature_cfg=feature_cfg or dict(flatten_sequential=True), **kwargs
+        )
+    return model if dtype is None else model.to(dtype=dtype)
 
 
 @register_notrace_function  # a leaf under FX (timm's tracer, timm's test_models): shape branches can't trace

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, register_notrace_function, to_2tuple
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
+from timm.models import checkpoint, generate_default_cfgs
 
 from ..convert.ceit import ceit_resize_pos_embed, resample_pos_embed
 from ..errors import InputShapeError, UnsupportedOptionError
@@ -27,8 +27,8 @@ from ..layers.i2t import ImageToTokens
 from ..layers.lca import LCA
 from ..layers.leff import LeFF
 from ..layers.mixers import create_mixer
-from ._base import IntermediatesMixin, run_stages
-from ._builder import check_image_batch
+from ._base import IntermediatesMixin, new_classifier, run_stages
+from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
 _MIN_SIZE = 16  # one 4x4 patch on the stride-4 I2T map
@@ -228,7 +228,7 @@ class CeiT(IntermediatesMixin, nn.Module):
                 self.lca, self.pos_layer_embed = nn.Identity(), None
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = new_classifier(self, self.embed_dim, num_classes)
 
     def set_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Resample `pos_embed` for a new default input size, e.g. before fine-tuning a 224 model at 384."""
@@ -237,7 +237,7 @@ class CeiT(IntermediatesMixin, nn.Module):
         grid = self.i2t.grid_size(img_size)
         with torch.no_grad():
             posemb = resample_pos_embed(self.pos_embed, list(grid), list(self.grid_size))
-        self.pos_embed = nn.Parameter(posemb)
+        self.pos_embed = nn.Parameter(posemb, requires_grad=self.pos_embed.requires_grad)
         self.img_size, self.grid_size = img_size, grid
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -343,7 +343,7 @@ _FEATURE_BLOCKS = (2, 5, 8, 11)
 def _create(variant: str, pretrained: bool = False, **kwargs) -> CeiT:
     # Not `_builder.build`: a plain ViT has no stage modules to hook, so features come from
     # `forward_intermediates` through timm's getter wrapper, as timm does for its ViTs.
-    return build_model_with_cfg(
+    return build(
         CeiT, variant, pretrained, cfg=MODEL_CFGS[variant], pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=_FEATURE_BLOCKS), **kwargs,
     )

@@ -26,7 +26,7 @@ from ..layers.dyrelu import DyReLU
 from ..layers.ghost import ActFactory, GhostBottleneck, relu
 from ..layers.moffn import MoFFN
 from ..layers.mixers import create_mixer
-from ._base import IntermediatesMixin, run_stages
+from ._base import IntermediatesMixin, new_classifier, run_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
@@ -202,7 +202,7 @@ class MoCoViT(IntermediatesMixin, nn.Module):
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=False)
             self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = new_classifier(self, self.head_hidden_size, num_classes)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
