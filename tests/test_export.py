@@ -217,12 +217,6 @@ def test_coreml_is_optional(tmp_path):
         export_model("hv_mobilevit_xxs", "coreml", out=tmp_path / "m.mlpackage", res=64)
 
 
-def test_coreml_converts_where_coremltools_installs(tmp_path):
-    pytest.importorskip("coremltools")
-    result = export_model("hv_mobilevit_xxs", "coreml", out=tmp_path / "m.mlpackage", res=64)
-    assert result.path.exists() and result.input_shape == (1, 3, 64, 64)
-
-
 def test_export_at_a_size_the_model_rejects_gives_its_error(tmp_path, capsys):
     """BOAT below 32x32: the model's InputShapeError, one line, before torch.export traces anything."""
     out = tmp_path / "b.onnx"
