@@ -12,7 +12,7 @@ import hybridvit
 from hybridvit.bench.measure import peak_memory_bytes, time_side_by_side
 from hybridvit.bench.runner import COLUMNS, PEERS, BenchConfig, resolve_models, run_bench
 from hybridvit.cli import main
-from hybridvit.errors import UnknownModelError
+from hybridvit.errors import HybridViTError, UnknownModelError
 
 
 def test_bench_cli_writes_table_csv_json_and_plots(tmp_path, capsys):
@@ -118,3 +118,9 @@ def test_segmenters_bench_as_head_colon_backbone():
     assert rows[0].latency_ms > 0 and rows[0].gmacs > 0
     with pytest.raises(UnknownModelError, match="unknown segmentation head 'pspnet'"):
         resolve_models(["pspnet:hv_mobilevit_xxs"])
+    from hybridvit.bench.commands import segmenter_names  # `bench --task segmentation [--head H]`
+
+    assert segmenter_names(["hv_mobilevit_xxs", "allmlp:xformer_s"], "deeplabv3") == [
+        "deeplabv3:hv_mobilevit_xxs", "allmlp:xformer_s"]
+    with pytest.raises(HybridViTError, match="name them HEAD:BACKBONE or pass --head"):
+        segmenter_names(["hv_mobilevit_xxs"], None)

@@ -13,7 +13,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.task == "detection" and args.head is None:
         args.head = "ssdlite"
-    names = resolve_models(args.model, all_models=args.all, peers=args.peers, head=args.head)
+    model_names = args.model
+    from ..tasks.segmentation import SEGMENTATION_HEADS
+
+    if args.head in SEGMENTATION_HEADS:  # a segmentation head implies --task segmentation
+        args.task = "segmentation"
+    if args.task == "segmentation":  # segmenters are HEAD:BACKBONE names; --head puts that head on bare names
+        model_names, args.head = segmenter_names(args.model, args.head), None
+    names = resolve_models(model_names, all_models=args.all, peers=args.peers, head=args.head)
     if args.attn:  # each model with each mixer swapped in; the mixers alone against the token count
         names = [f"{name}@{mixer}" for name in names for mixer in args.attn]
         resolve_models(names, head=args.head)
@@ -46,18 +53,36 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def segmenter_names(names: list[str], head: str | None) -> list[str]:
+    """`--task segmentation`: NAME -> HEAD:NAME with `--head`; every name must end up HEAD:BACKBONE."""
+    from ..errors import HybridViTError
+    from ..tasks import SEGMENTATION_HEADS
+
+    if head is not None and head not in SEGMENTATION_HEADS:
+        raise HybridViTError(f"--task segmentation takes a segmentation --head ({', '.join(SEGMENTATION_HEADS)}), not {head}")
+    out = [name if ":" in name or head is None else f"{head}:{name}" for name in names]
+    bare = [name for name in out if ":" not in name]
+    if bare:
+        raise HybridViTError(f"--task segmentation times segmenters: name them HEAD:BACKBONE or pass --head "
+                             f"({', '.join(SEGMENTATION_HEADS)}); got {', '.join(bare)}")
+    return out
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     from ..tasks.detection import DETECTION_HEADS
+    from ..tasks.segmentation import SEGMENTATION_HEADS
 
     p = subparsers.add_parser("bench", help="params, MACs, latency, throughput and memory vs resolution")
     p.add_argument("model", nargs="*", help="hybridvit or timm model names")
     p.add_argument("--all", action="store_true", help="every hybridvit model")
     p.add_argument("--peers", action="store_true",
                    help="add timm's nearest models (MobileViT, MobileNetV3, ...); with --head, torchvision's SSDLite")
-    p.add_argument("--task", choices=("classification", "detection"), default="classification",
-                   help="detection: time detectors (--head, default ssdlite); --head alone implies it")
-    p.add_argument("--head", choices=sorted(DETECTION_HEADS),
-                   help="time detectors: this head (80 classes) around each model; --res 320 for SSDLite")
+    p.add_argument("--task", choices=("classification", "detection", "segmentation"), default="classification",
+                   help="detection: time detectors (--head, default ssdlite); --head alone implies it. "
+                        "segmentation: time segmenters named HEAD:BACKBONE (or --head HEAD), the paper's class count")
+    p.add_argument("--head", choices=sorted(DETECTION_HEADS) + sorted(SEGMENTATION_HEADS),
+                   help="time detectors: this head (80 classes) around each model; --res 320 for SSDLite; "
+                        "with --task segmentation, a segmentation head")
     p.add_argument("--res", type=positive_int, nargs="+", default=[224, 256], help="input resolutions (default 224 256)")
     p.add_argument("--batch", type=positive_int, nargs="+", default=[1], help="batch sizes (default 1)")
     p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs per model (default 3)")

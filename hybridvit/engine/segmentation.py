@@ -40,18 +40,36 @@ class PairedTransformDataset(Dataset):
         return self.transform(*self.dataset[index])
 
 
-class SegmentationLoss(nn.Module):
-    """Cross-entropy over labelled pixels, plus `aux_weight` x the auxiliary head's (UperNet: 0.4)."""
+def enet_class_weights(masks: torch.Tensor, num_classes: int, norm: float = 1.1) -> torch.Tensor:
+    """ENet's class weights (ENet §5.2) from one batch's labels, as ml-cvnets computes them
+    (`cvnets/loss_fn/utils/class_weighting.py`, `--loss.segmentation.cross-entropy.class-weights`):
+    w_c = 1 / ln(norm + p_c) with p_c the share of class c among the labelled pixels, 0 for an absent class."""
+    labelled = masks[masks != IGNORE_INDEX]
+    counts = torch.bincount(labelled, minlength=num_classes)[:num_classes].float()
+    weights = 1.0 / torch.log(norm + counts / counts.sum().clamp_min(1.0))
+    return torch.where(counts > 0, weights, torch.zeros_like(weights))
 
-    def __init__(self, aux_weight: float = 0.0, label_smoothing: float = 0.0) -> None:
+
+class SegmentationLoss(nn.Module):
+    """Cross-entropy over labelled pixels, plus `aux_weight` x the auxiliary head's (UperNet: 0.4).
+
+    `class_weights="enet"` weights the classes of each batch by `enet_class_weights` (ml-cvnets' option).
+    """
+
+    def __init__(self, aux_weight: float = 0.0, label_smoothing: float = 0.0, class_weights: str | None = None) -> None:
         super().__init__()
-        self.aux_weight = aux_weight
-        self.ce = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+        if class_weights not in (None, "enet"):
+            raise ValueError(f"class_weights must be None or 'enet', not {class_weights!r}")
+        self.aux_weight, self.label_smoothing, self.class_weights = aux_weight, label_smoothing, class_weights
+
+    def _ce(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        weight = enet_class_weights(masks, logits.shape[1]).to(logits.dtype) if self.class_weights else None
+        return F.cross_entropy(logits, masks, weight, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
 
     def forward(self, outputs: tuple[torch.Tensor, torch.Tensor | None], masks: torch.Tensor) -> torch.Tensor:
         logits, aux = outputs
-        loss = self.ce(logits, masks)
-        return loss if aux is None else loss + self.aux_weight * self.ce(aux, masks)
+        loss = self._ce(logits, masks)
+        return loss if aux is None else loss + self.aux_weight * self._ce(aux, masks)
 
 
 def head_lr_param_groups(model: nn.Module, weight_decay: float, decay_all: bool, head_lr_mult: float) -> list[dict]:
@@ -146,7 +164,7 @@ class SegmentationTask:
         preprocessing = get_pretrained_cfg(self.cfg.model)
         self.mean, self.std = tuple(preprocessing.mean), tuple(preprocessing.std)
         self.img_size = self.cfg.img_size or self.recipe.img_size or 512
-        self.criterion = SegmentationLoss(model.aux_weight, self.recipe.label_smoothing)
+        self.criterion = SegmentationLoss(model.aux_weight, self.recipe.label_smoothing, self.recipe.class_weights)
         return model
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict] | None:
