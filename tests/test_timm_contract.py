@@ -219,6 +219,7 @@ def test_factory_device_dtype_and_reset_classifier_keep_them(family):
     assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     model.eval().to(dtype=torch.float64)
+    model.reset_classifier(0)  # then a new head from a head with no tensors left, as timm's test_models does
     model.reset_classifier(7)
     head = model.get_classifier()
     assert [(p.device.type, p.dtype) for p in head.parameters()] == [("meta", torch.float64)] * 2
