@@ -55,6 +55,11 @@ def _sort_order(key: torch.Tensor) -> torch.Tensor:
     return queue.pop(0).to(key.device).view_as(key)
 
 
+def clustering_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the clustering computes in: float64 (float32 on MPS, which has no float64)."""
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
 def cluster_levels(num_tokens: int, group_size: int) -> int:
     """Number of binary splits L: the smallest with `group_size * 2**L >= num_tokens` (0 for one group).
 
@@ -129,7 +134,8 @@ def padded_leaf_slots(num_tokens: int, levels: int) -> torch.Tensor | None:
 def balanced_hierarchical_clustering(
     x: torch.Tensor, levels: int, iters: int = 2, temperature: float = 100.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split the N tokens of every row of `x` [G, N, D] into 2**levels balanced groups of similar tokens.
+    """Split the N tokens of every row of `x` [G, N, D] into 2**levels balanced groups of similar tokens
+    (leading dims [..., N, D] are flattened into the G rows).
 
     Returns `perm` [G, M] (token indices, group after group: group j is `perm[:, j*c:(j+1)*c]` with
     c = `cluster_capacity(N, levels)` and M = c * 2**levels; siblings of the last split are groups 2i and
@@ -140,30 +146,35 @@ def balanced_hierarchical_clustering(
     current order, `iters` rounds of soft assignment (softmax of `temperature` x cosine) and
     re-estimation, then a sort of (cos_0 + 1) / (cos_1 + 1) ascending and a cut at the middle.
     """
-    G, N, D = x.shape
+    N, D = x.shape[-2:]
     plan = _padding_plan(N, levels)
-    x = x.to(torch.float32 if x.device.type == "mps" else torch.float64)
+    x = x.to(clustering_dtype(x), memory_format=torch.contiguous_format).view(-1, N, D)  # one copy
+    G = x.shape[0]
     if plan is not None:
         x = F.pad(x, (0, 0, 0, cluster_capacity(N, levels) * 2**levels - N))  # zero tokens: no say in a centre
     M = x.shape[1]
+    inv_norm = x.norm(dim=-1).clamp_min(1e-12).reciprocal()  # [G, M]: cosine = (x . c) / |x|; moves with x
     perm = torch.arange(M, device=x.device).repeat(G)  # flat [G * M], regrouped like the rows of x
     for level in range(levels):
-        g, n, _ = x.shape  # g = G * k groups of n slots
-        k = 2**level
-        inv_norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-12).reciprocal()  # cosine = (x @ c) / |x|
-        if plan is None:
-            centres = F.normalize(x.view(g, 2, n // 2, D).mean(dim=2), dim=-1)  # [g, 2, D]
+        k = 2**level  # groups per row
+        g, n = G * k, M // k
+        xs, w = x.view(g, n, D), inv_norm.view(g, n)
+        if plan is None:  # the normalised sums of the halves are the normalised means
+            halves = xs.view(g, 2, n // 2, D).sum(dim=2)
         else:
-            is_pad, halves, layout = (t.to(x.device) for t in plan[level])
-            centres = F.normalize((halves.to(x.dtype) @ x.view(G, k, n, D)).view(g, 2, D), dim=-1)
+            is_pad, weights, layout = (t.to(x.device) for t in plan[level])
+            halves = (weights.to(x.dtype) @ xs.view(G, k, n, D)).view(g, 2, D)
+        centres = F.normalize(halves, dim=-1)  # [g, 2, D]
+        total = halves.sum(dim=1)  # every real token is in one half, pads are zero; 2nd centre: total - 1st
+        tokens_t = xs.transpose(1, 2)  # [g, D, n]: row vector @ x^T is the fastest CPU matmul of these shapes
         for _ in range(iters):
-            cos = (x @ centres.transpose(1, 2)) * inv_norm  # [g, n, 2]
-            # softmax over the two centres, as a sigmoid of the difference (CPU softmax over 2 is slow)
-            near_first = torch.sigmoid(temperature * (cos[..., 0] - cos[..., 1]))
-            assign = torch.stack((near_first, 1 - near_first), dim=1)  # [g, 2, n]
-            centres = F.normalize(assign @ x, dim=-1)
-        cos = (x @ centres.transpose(1, 2)) * inv_norm
-        key = (cos[..., 0] + 1) / (cos[..., 1] + 1)
+            # softmax over the two centres = sigmoid of the cosine difference; one dot product per token
+            gap = ((centres[:, :1] - centres[:, 1:]) @ tokens_t).squeeze(1) * w
+            near_first = torch.sigmoid(temperature * gap)  # [g, n]
+            first = (near_first.unsqueeze(1) @ xs).squeeze(1)  # [g, D]
+            centres = F.normalize(torch.stack((first, total - first), dim=1), dim=-1)
+        cos = (centres @ tokens_t) * w.unsqueeze(1)  # [g, 2, n]
+        key = (cos[:, 0] + 1) / (cos[:, 1] + 1)
         if plan is None:
             order = _sort_order(key)  # [g, n]
         else:
@@ -171,7 +182,9 @@ def balanced_hierarchical_clustering(
             order = order.view(G, k, n).gather(-1, layout.expand(G, -1, -1)).view(g, n)
         rows = (order + n * torch.arange(g, device=x.device).unsqueeze(1)).flatten()  # row gathers beat gather()
         perm = perm.index_select(0, rows)
-        x = x.reshape(g * n, D).index_select(0, rows).view(2 * g, n // 2, D)
+        if level < levels - 1:  # the last level's order is all that is needed of it
+            x = x.view(g * n, D).index_select(0, rows).view(G, M, D)
+            inv_norm = inv_norm.view(g * n).index_select(0, rows).view(G, M)
     perm = perm.view(G, M)
     inv = torch.empty_like(perm).scatter_(1, perm, torch.arange(M, device=x.device).expand(G, M))
     return perm, inv

@@ -88,9 +88,7 @@ class FSLA(nn.Module):
         each group, return [B, N, h, d] in input order. Tokens move as rows of `rows` (index_select)."""
         B, N, _, h, d = qkv.shape
         dev = qkv.device
-        perm, inv = balanced_hierarchical_clustering(
-            qkv[:, :, 0].transpose(1, 2).reshape(B * h, N, d), levels, self.iters, self.temperature
-        )
+        perm, inv = balanced_hierarchical_clustering(qkv[:, :, 0].transpose(1, 2), levels, self.iters, self.temperature)
         M = perm.shape[-1]  # slots: N real tokens, then padding (zero tokens, masked as keys)
         m = M // groups
         key_mask = None
