@@ -32,7 +32,7 @@ SMALLEST = {
     "boat_cswin": ("boat_cswin_tiny", 64),
 }
 # timm scripts its closest models (mobilevit_*, ghostnet_*, deit_*, swin_*); see test_torch_jit_script.
-SCRIPTED = ["mobilevit", "xformer", "mocovit", "ceit"]
+SCRIPTED = ["mobilevit", "xformer", "mocovit", "ceit", "boat_swin", "boat_cswin"]
 TRACER_KWARGS = dict(
     leaf_modules=list(get_notrace_modules()), autowrap_functions=list(get_notrace_functions()), param_shapes_constant=True
 )

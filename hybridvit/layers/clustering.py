@@ -15,10 +15,10 @@ upstream of the clustering (in the queries) can still do so, which is why export
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,9 @@ def replay_cuts(orders: Iterable[torch.Tensor]) -> Iterator[None]:
 
 
 def _sort_order(key: torch.Tensor) -> torch.Tensor:
-    """Ascending order of `key` [g, n] along n, or the next replayed order (see `replay_cuts`)."""
+    """Ascending order of `key` [g, n] along n, or the next replayed order (see `replay_cuts`; eager only)."""
+    if torch.jit.is_scripting():
+        return key.argsort(dim=-1)
     queue = _replayed_orders.get()
     if queue is None:
         return key.argsort(dim=-1)
@@ -67,16 +69,20 @@ def cluster_levels(num_tokens: int, group_size: int) -> int:
     `group_size` tokens; otherwise they hold floor or ceil of num_tokens / 2**L real tokens, i.e. between
     group_size / 2 and group_size (see `cluster_capacity`).
     """
-    return max(0, math.ceil(math.log2(num_tokens / group_size))) if num_tokens > group_size else 0
+    levels = 0
+    while group_size << levels < num_tokens:  # integers only: exact, and TorchScript has no math.log2
+        levels += 1
+    return levels
 
 
 def cluster_capacity(num_tokens: int, levels: int) -> int:
     """Slots per leaf group: ceil(num_tokens / 2**levels). Leaves of fewer real tokens are padded to it."""
-    return -(-num_tokens // 2**levels)
+    return -(-num_tokens // (1 << levels))
 
 
-@functools.lru_cache(maxsize=32)
-def _padding_plan(num_tokens: int, levels: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+def padding_plan(
+    num_tokens: int, levels: int, device: Optional[torch.device] = None
+) -> Optional[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """Per level: (pad slots [k, n] bool, initial half weights [k, 2, n], layout [k, n]); None without padding.
 
     Padding (num_tokens not a multiple of 2**levels): every group of n slots at a level holds r real tokens
@@ -87,17 +93,17 @@ def _padding_plan(num_tokens: int, levels: int) -> list[tuple[torch.Tensor, torc
     split, where the first child keeps its pads in front so that siblings' real tokens meet at the cut
     and the `overlap` keys on either side of it are real tokens (see `padded_leaf_slots`).
     """
-    if num_tokens % 2**levels == 0:
+    if num_tokens % (1 << levels) == 0:
         return None
     capacity = cluster_capacity(num_tokens, levels)
-    real = torch.tensor([num_tokens])
-    plan = []
+    real = torch.tensor([num_tokens], device=device)
+    plan: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for level in range(levels):
-        n = capacity * 2 ** (levels - level)
-        half, slot = n // 2, torch.arange(n)
+        n = capacity << (levels - level)
+        half, slot = n // 2, torch.arange(n, device=device)
         first = (real + 1) // 2  # real tokens of the first child
         second = real - first
-        weights = torch.stack((slot < first[:, None], (slot >= first[:, None]) & (slot < real[:, None])), dim=1)
+        weights = torch.stack([slot < first[:, None], (slot >= first[:, None]) & (slot < real[:, None])], dim=1)
         # child slot -> position in the sorted group (real tokens at 0..real-1, pads at real..n-1)
         child = slot[:half].expand(len(real), half)
         pads_one, pads_two = real[:, None] + child - first[:, None], real[:, None] + half + child - real[:, None]
@@ -107,30 +113,31 @@ def _padding_plan(num_tokens: int, levels: int) -> list[tuple[torch.Tensor, torc
             lead = half - first[:, None]
             child_one = torch.where(child < lead, real[:, None] + child, child - lead)
         child_two = torch.where(child < second[:, None], first[:, None] + child, pads_two)
-        plan.append((slot >= real[:, None], weights.double(), torch.cat((child_one, child_two), dim=1)))
-        real = torch.stack((first, second), dim=1).flatten()
+        plan.append((slot >= real[:, None], weights.double(), torch.cat([child_one, child_two], dim=1)))
+        real = torch.stack([first, second], dim=1).flatten()
     return plan
 
 
-def padded_leaf_slots(num_tokens: int, levels: int) -> torch.Tensor | None:
+_cached_padding_plan = functools.lru_cache(maxsize=32)(padding_plan)  # per (N, levels, device), eager only
+
+
+def padded_leaf_slots(num_tokens: int, levels: int, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
     """Which slots of the clustered order hold padding, [2**levels * capacity] bool; None without padding.
 
-    Even leaves have their pads in front, odd leaves at the end (`_padding_plan`).
+    Even leaves have their pads in front, odd leaves at the end (`padding_plan`).
     """
-    plan = _padding_plan(num_tokens, levels)
-    if plan is None:
+    if num_tokens % (1 << levels) == 0:
         return None
     capacity = cluster_capacity(num_tokens, levels)
-    real = torch.tensor([num_tokens])
+    real = torch.tensor([num_tokens], device=device)
     for _ in range(levels):
         first = (real + 1) // 2
-        real = torch.stack((first, real - first), dim=1).flatten()
-    slot = torch.arange(capacity)
-    pads = torch.where(torch.arange(len(real))[:, None] % 2 == 0, slot < capacity - real[:, None], slot >= real[:, None])
+        real = torch.stack([first, real - first], dim=1).flatten()
+    slot = torch.arange(capacity, device=device)
+    pads = torch.where(torch.arange(len(real), device=device)[:, None] % 2 == 0, slot < capacity - real[:, None], slot >= real[:, None])
     return pads.flatten()
 
 
-@torch.no_grad()
 def balanced_hierarchical_clustering(
     x: torch.Tensor, levels: int, iters: int = 2, temperature: float = 100.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,30 +147,37 @@ def balanced_hierarchical_clustering(
     Returns `perm` [G, M] (token indices, group after group: group j is `perm[:, j*c:(j+1)*c]` with
     c = `cluster_capacity(N, levels)` and M = c * 2**levels; siblings of the last split are groups 2i and
     2i+1) and its inverse `inv` (`perm.gather(1, inv)` is the identity). Where N < M the rows are padded
-    with M - N zero tokens (indices N..M-1, placed by `_padding_plan`, see `padded_leaf_slots`), which
+    with M - N zero tokens (indices N..M-1, placed by `padding_plan`, see `padded_leaf_slots`), which
     never move a centre and never join a group's real tokens: the groups' real-token counts differ by
     at most one. Each level (Alg. 1): centres start as the means of the first and second half of the
     current order, `iters` rounds of soft assignment (softmax of `temperature` x cosine) and
-    re-estimation, then a sort of (cos_0 + 1) / (cos_1 + 1) ascending and a cut at the middle.
+    re-estimation, then a sort of (cos_0 + 1) / (cos_1 + 1) ascending and a cut at the middle. No gradient.
     """
-    N, D = x.shape[-2:]
-    plan = _padding_plan(N, levels)
+    with torch.no_grad():
+        return _clustering(x, levels, iters, temperature)
+
+
+def _clustering(x: torch.Tensor, levels: int, iters: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    N, D = x.shape[-2], x.shape[-1]
+    if torch.jit.is_scripting():
+        plan = padding_plan(N, levels, x.device)
+    else:
+        plan = _cached_padding_plan(N, levels, x.device)
     x = x.to(clustering_dtype(x), memory_format=torch.contiguous_format).view(-1, N, D)  # one copy
     G = x.shape[0]
     if plan is not None:
-        x = F.pad(x, (0, 0, 0, cluster_capacity(N, levels) * 2**levels - N))  # zero tokens: no say in a centre
+        x = F.pad(x, (0, 0, 0, (cluster_capacity(N, levels) << levels) - N))  # zero tokens: no say in a centre
     M = x.shape[1]
-    inv_norm = x.norm(dim=-1).clamp_min(1e-12).reciprocal()  # [G, M]: cosine = (x . c) / |x|; moves with x
+    inv_norm = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12).reciprocal()  # [G, M]: cosine = (x . c) / |x|; moves with x
     perm = torch.arange(M, device=x.device).repeat(G)  # flat [G * M], regrouped like the rows of x
     for level in range(levels):
-        k = 2**level  # groups per row
+        k = 1 << level  # groups per row
         g, n = G * k, M // k
         xs, w = x.view(g, n, D), inv_norm.view(g, n)
         if plan is None:  # the normalised sums of the halves are the normalised means
             halves = xs.view(g, 2, n // 2, D).sum(dim=2)
         else:
-            is_pad, weights, layout = (t.to(x.device) for t in plan[level])
-            halves = (weights.to(x.dtype) @ xs.view(G, k, n, D)).view(g, 2, D)
+            halves = (plan[level][1].to(x.dtype) @ xs.view(G, k, n, D)).view(g, 2, D)
         centres = F.normalize(halves, dim=-1)  # [g, 2, D]
         total = halves.sum(dim=1)  # every real token is in one half, pads are zero; 2nd centre: total - 1st
         tokens_t = xs.transpose(1, 2)  # [g, D, n]: row vector @ x^T is the fastest CPU matmul of these shapes
@@ -178,7 +192,8 @@ def balanced_hierarchical_clustering(
         if plan is None:
             order = _sort_order(key)  # [g, n]
         else:
-            order = _sort_order(key.view(G, k, n).masked_fill(is_pad, math.inf).view(g, n))  # pads sort last
+            is_pad, _, layout = plan[level]
+            order = _sort_order(key.view(G, k, n).masked_fill(is_pad, float("inf")).view(g, n))  # pads sort last
             order = order.view(G, k, n).gather(-1, layout.expand(G, -1, -1)).view(g, n)
         rows = (order + n * torch.arange(g, device=x.device).unsqueeze(1)).flatten()  # row gathers beat gather()
         perm = perm.index_select(0, rows)

@@ -47,8 +47,13 @@ class LePEAttention(nn.Module):
         pad_h, pad_w = -H % rows, -W % cols
         if pad_h or pad_w:  # the reference's split: half (rounded down) before, the rest after
             top, left = pad_h // 2, pad_w // 2
-            out = self(F.pad(qkv, (0, 0, left, pad_w - left, top, pad_h - top)))
+            out = self._attend(F.pad(qkv, (0, 0, left, pad_w - left, top, pad_h - top)), rows, cols)
             return out[:, top : top + H, left : left + W]
+        return self._attend(qkv, rows, cols)
+
+    def _attend(self, qkv: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """Attention inside windows of rows x cols that tile the map of `qkv` [3, B, H, W, C]."""
+        _, B, H, W, C = qkv.shape
         h, area, windows = self.num_heads, rows * cols, B * (H // rows) * (W // cols)  # no -1: B may be 0
         # [3, B, H, W, C] -> [3, B * windows, area, C]
         win = qkv.view(3, B, H // rows, rows, W // cols, cols, C).permute(0, 1, 2, 4, 3, 5, 6)

@@ -11,6 +11,8 @@ padding is never attended to (masked keys) and its outputs are dropped (docs/boa
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,7 +46,7 @@ class FSLA(nn.Module):
         overlap: int = 20,
         iters: int = 2,
         temperature: float = 100.0,
-        scale: float | None = None,
+        scale: Optional[float] = None,
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
@@ -79,7 +81,7 @@ class FSLA(nn.Module):
             out = self._grouped_attention(qkv.reshape(B // 2, 2 * N, 3, h, d), levels=0, groups=2)
         else:
             levels = cluster_levels(N, m)
-            out = self._grouped_attention(qkv.reshape(B, N, 3, h, d), levels, 2**levels)
+            out = self._grouped_attention(qkv.reshape(B, N, 3, h, d), levels, 1 << levels)
         lepe = self.get_v(qkv[..., 2 * C :].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.proj_drop(self.proj(out.reshape(B, H, W, C) + lepe))
 
@@ -91,7 +93,7 @@ class FSLA(nn.Module):
         perm, inv = balanced_hierarchical_clustering(qkv[:, :, 0].transpose(1, 2), levels, self.iters, self.temperature)
         M = perm.shape[-1]  # slots: N real tokens, then padding (zero tokens, masked as keys)
         m = M // groups
-        key_mask = None
+        key_mask: Optional[torch.Tensor] = None
         if M > N:
             qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, M - N))
         rows = qkv.reshape(-1, d)
@@ -99,8 +101,9 @@ class FSLA(nn.Module):
         q_rows = (batch * M + perm.view(B, h, M)) * 3 * h + head  # row of q for each clustered token
         overlap = self.overlap if groups > 1 else 0
         key_pos = overlapping_key_index(groups, m, overlap, dev)
-        if M > N:
-            key_mask = ~padded_leaf_slots(N, levels).to(dev)[key_pos].view(1, groups, 1, m + overlap)
+        pads = padded_leaf_slots(N, levels, dev)  # None where nothing is padded
+        if pads is not None:
+            key_mask = ~pads[key_pos].view(1, groups, 1, m + overlap)
         k_rows = q_rows.gather(-1, key_pos.flatten().expand(B, h, -1)) + h
         out = F.scaled_dot_product_attention(
             rows.index_select(0, q_rows.flatten()).view(B * h, groups, m, d),

@@ -29,7 +29,7 @@ window at that size).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -64,23 +64,31 @@ class BoatSwinBlock(SwinTransformerBlock):
             self.attnC = _fsla_slot(attn_layer, dim, num_heads, group_size=group_size, overlap=overlap)
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
 
-    def get_attn_mask(self, x: torch.Tensor | None = None, device=None, dtype=None) -> torch.Tensor | None:
-        """timm's shift mask for the padded, shifted map `x`, kept for the last size seen (eager only)."""
-        if x is None or torch.compiler.is_compiling():
-            return super().get_attn_mask(x, device, dtype)
+    def get_attn_mask(
+        self, x: Optional[torch.Tensor] = None, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    ) -> Optional[torch.Tensor]:
+        """timm's shift mask for the padded, shifted map `x` [B, Hp, Wp, C] (or the built size if `x` is None),
+        kept for the last size seen in eager."""
+        if not any(self.shift_size):
+            return None
+        if x is None:
+            (H, W), (wh, ww) = self.input_resolution, self.window_size
+            return shift_window_mask(-(-H // wh) * wh, -(-W // ww) * ww, self.window_size, self.shift_size, device, dtype)
+        if torch.jit.is_scripting():
+            return shift_window_mask(x.shape[1], x.shape[2], self.window_size, self.shift_size, x.device, x.dtype)
+        if torch.compiler.is_compiling():
+            return shift_window_mask(x.shape[1], x.shape[2], self.window_size, self.shift_size, x.device, x.dtype)
         key = (x.shape[1], x.shape[2], x.device, x.dtype, torch.is_inference_mode_enabled())
         cached_key, mask = self._mask_cache
         if cached_key != key:
-            mask = super().get_attn_mask(x)
+            mask = shift_window_mask(x.shape[1], x.shape[2], self.window_size, self.shift_size, x.device, x.dtype)
             self._mask_cache = (key, mask)
         return mask
 
-    def _attn(self, x: torch.Tensor) -> torch.Tensor:
-        return super()._attn(x) if x.shape[0] else x  # timm's window views use -1, undefined on no images
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        if B:  # timm's window views use -1, undefined on no images
+            x = x + self.drop_path1(self._attn(self.norm1(x)))
         x = x.reshape(B, H * W, C)
         if self.attnC is not None:
             x = x + self.attnC(self.norm4(x), (H, W))  # no drop-path here in the reference
@@ -88,7 +96,42 @@ class BoatSwinBlock(SwinTransformerBlock):
         return x.reshape(B, H, W, C)
 
 
-class BoatSwinStage(nn.Module):
+def _shift_regions(size: int, window: int, shift: int, device: Optional[torch.device]) -> torch.Tensor:
+    """Region of each row (or column) of a rolled map: 0 before the last window, 1 in it, 2 rolled in."""
+    pos = torch.arange(size, device=device)
+    return (pos >= size - window).long() + (pos >= size - shift).long()
+
+
+def shift_window_mask(
+    height: int, width: int, window: tuple[int, int], shift: tuple[int, int],
+    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Swin's SW-MSA mask for a rolled map of `height` x `width` (whole windows): [windows, area, area], -100
+    between two tokens of a window that come from different regions of the unrolled map, 0 elsewhere
+    (what timm's `SwinTransformerBlock.get_attn_mask` builds; ours, as TorchScript calls no super())."""
+    rows = _shift_regions(height, window[0], shift[0], device)
+    region = rows.unsqueeze(1) * 3 + _shift_regions(width, window[1], shift[1], device)
+    area = window[0] * window[1]
+    region = region.view(height // window[0], window[0], width // window[1], window[1]).transpose(1, 2).reshape(-1, area)
+    differ = region.unsqueeze(1) != region.unsqueeze(2)
+    return torch.zeros(differ.shape, device=device, dtype=dtype).masked_fill(differ, -100.0)
+
+
+class _Stage(nn.Module):
+    """A stage: `downsample` then `blocks` (NHWC), set by the subclass."""
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks on NHWC `x` (each recomputed in backward under grad checkpointing), back to NCHW."""
+        if torch.jit.is_scripting():
+            x = self.blocks(x)
+        elif self.grad_checkpointing:
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)
+
+
+class BoatSwinStage(_Stage):
     """Patch merging (except stage 1) then BOAT-Swin blocks; NCHW in and out."""
 
     def __init__(
@@ -108,7 +151,7 @@ class BoatSwinStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_blocks(self.blocks, self.downsample(x.permute(0, 2, 3, 1)), self.grad_checkpointing)
+        return self.run_blocks(self.downsample(x.permute(0, 2, 3, 1)))
 
 
 class BoatCSWinBlock(nn.Module):
@@ -145,10 +188,9 @@ class BoatCSWinBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         qkv = self.qkv(self.norm1(x)).view(B, H, W, 3, C).permute(3, 0, 1, 2, 4)
-        if len(self.attns) == 1:
-            isla = self.attns[0](qkv)
-        else:
-            isla = torch.cat([self.attns[0](qkv[..., : C // 2]), self.attns[1](qkv[..., C // 2 :])], dim=-1)
+        branches, width = len(self.attns), C // len(self.attns)
+        parts = [attn(qkv[..., i * width : (i + 1) * width]) for i, attn in enumerate(self.attns)]  # channel halves
+        isla = parts[0] if branches == 1 else torch.cat(parts, dim=-1)
         x = x + self.drop_path(self.proj(isla))
         if self.content_attn is not None:
             fsla = self.content_attn(self.norm3(x).reshape(B, H * W, C), (H, W)).reshape(B, H, W, C)
@@ -165,6 +207,9 @@ class ConvEmbed(nn.Module):
         self.norm = nn.LayerNorm(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # a method, not super().forward: TorchScript has no super()
         return self.norm(self.proj(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
@@ -176,20 +221,21 @@ class InputStem(ConvEmbed):
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int, pad_to: int) -> None:
         super().__init__(in_chs, out_chs, kernel_size, stride, padding)
         self.pad_to = pad_to
+        self.min_size = MIN_INPUT_SIZE  # an attribute: TorchScript reads no module-level ints
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x, self.proj.in_channels)
         H, W = x.shape[-2:]
-        if H < MIN_INPUT_SIZE or W < MIN_INPUT_SIZE:
+        if H < self.min_size or W < self.min_size:
             raise InputShapeError(
-                f"BOAT needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (one token at stride 32), got {H}x{W}"
+                f"BOAT needs inputs of at least {self.min_size}x{self.min_size} (one token at stride 32), got {H}x{W}"
             )
         if H % self.pad_to or W % self.pad_to:
             x = F.pad(x, (0, -W % self.pad_to, 0, -H % self.pad_to))
-        return super().forward(x)
+        return self.embed(x)
 
 
-class BoatCSWinStage(nn.Module):
+class BoatCSWinStage(_Stage):
     """Merge block (3x3 conv stride 2; absent in stage 1) then BOAT-CSWin blocks; NCHW in and out."""
 
     def __init__(
@@ -209,21 +255,12 @@ class BoatCSWinStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_blocks(self.blocks, self.downsample(x).permute(0, 2, 3, 1), self.grad_checkpointing)
+        return self.run_blocks(self.downsample(x).permute(0, 2, 3, 1))
 
 
 def _fsla_slot(attn_layer: str, dim: int, num_heads: int, **fsla_options) -> nn.Module:
     """The token mixer in FSLA's place (`attn_layer`, layers/mixers.py); FSLA itself with the reference's options."""
     return create_mixer(attn_layer, dim, num_heads, slot="BOAT's FSLA slot", options={"fsla": fsla_options})
-
-
-def _run_blocks(blocks: nn.Sequential, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
-    """A stage's blocks on NHWC `x` (each recomputed in backward under grad checkpointing), back to NCHW."""
-    if grad_checkpointing and not torch.jit.is_scripting():
-        x = checkpoint_seq(blocks, x)
-    else:
-        x = blocks(x)
-    return x.permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
