@@ -17,13 +17,15 @@ from hybridvit.export.fuse_bn import count_batchnorms
 from hybridvit.export.onnx import session_with_cut_orders
 from hybridvit.export.torchscript import load_torchscript
 from hybridvit.layers.clustering import balanced_hierarchical_clustering, replay_cuts
+from hybridvit.models.boat import BoatConfig, BoatTransformer
 
 MODELS = hybridvit.list_models()
 # ONNX export costs 15 s (MobileViT) to 150 s (BOAT-CSWin-B) of CPU per model, 15+ minutes for all.
 # The default run exports the smallest model of each family (MoCoViT-D too: its DyReLU is its own
-# code path); HYBRIDVIT_EXPORT_ALL=1 exports every registered model.
+# code path), BOAT as a narrow BOAT-Swin with one FSLA block (test_boat_onnx_matches_eager_at_its_size;
+# BOAT-Swin-T took 117 s); HYBRIDVIT_EXPORT_ALL=1 exports every registered model.
 ONNX_MODELS = MODELS if os.environ.get("HYBRIDVIT_EXPORT_ALL") else [
-    "hv_mobilevit_xxs", "xformer_xxs", "ceit_tiny_patch16_224", "mocovit_050", "mocovit_d_050", "boat_swin_tiny",
+    "hv_mobilevit_xxs", "xformer_xxs", "ceit_tiny_patch16_224", "mocovit_050", "mocovit_d_050",
 ]
 
 
@@ -48,7 +50,37 @@ def _ort_run(path, x: torch.Tensor) -> np.ndarray:
 
 def test_onnx_models_cover_every_family():
     families = {hybridvit.paper_entry(n).family for n in MODELS}
-    assert {hybridvit.paper_entry(n).family for n in ONNX_MODELS} == families
+    assert {hybridvit.paper_entry(n).family for n in ONNX_MODELS} | {"boat"} == families  # boat: below
+
+
+def _narrow_boat_swin() -> nn.Module:
+    """BOAT-Swin's classes with one FSLA block (stage 1's shifted block) at 1/12 of BOAT-Swin-T's width."""
+    torch.manual_seed(0)
+    return BoatTransformer(BoatConfig("swin", 8, (2, 1, 1, 1), (1, 1, 2, 2), 0.0), num_classes=10).eval()
+
+
+def test_boat_onnx_matches_eager_at_its_size(tmp_path):
+    """BOAT exports one size at a time (the clustering depth follows the token count); the graph's cluster
+    orders are replayed in eager (near-tie cuts, see test_onnx_matches_eager_at_another_batch). At 96x96 stage 1
+    has 576 tokens, not 49 * 2^L: FSLA pads its groups and Swin its windows (one export: ~130 s on the shared
+    CPU; the unpadded 224 path is exported by HYBRIDVIT_EXPORT_ALL=1 with the registered models)."""
+    res, model = 96, _narrow_boat_swin()
+    result = export_model("boat", "onnx", out=tmp_path / "b.onnx", res=res, batch=2, model=model)
+    assert result.dynamic_batch and not result.dynamic_hw and result.input_shape == (2, 3, res, res)
+    session = session_with_cut_orders(result.path)
+    for batch in (3, 1):
+        x = torch.randn(batch, 3, res, res)
+        got, *orders = session.run(None, {"image": x.numpy()})
+        assert len(orders) == 4  # one sort (TopK) per clustering level of the FSLA block (576 tokens: 4 levels)
+        with torch.inference_mode(), replay_cuts(torch.from_numpy(order) for order in orders):
+            expected = model(x).numpy()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_boat_dynamic_export_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ExportError, match=r"--dynamic \(dynamic H/W\) is not possible for boat: BOAT's FSLA clusters"):
+        export_model("boat", "onnx", out=tmp_path / "b.onnx", res=96, dynamic=True, model=_narrow_boat_swin())
+    assert not (tmp_path / "b.onnx").exists()
 
 
 @pytest.mark.parametrize("name", ONNX_MODELS)

@@ -132,6 +132,9 @@ def export_model(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create the folder of --out {path}: {err.strerror or one_line(err)}") from None
+    fixed = sorted({getattr(m, "static_shape_reason", "") for m in model.modules()} - {""})
+    if dynamic and fixed and fmt != "coreml":
+        raise ExportError(f"--dynamic (dynamic H/W) is not possible for {name}: {fixed[0]}")
     in_chans = getattr(model, "in_chans", 3)
     x = torch.randn(batch, in_chans, res, res)
     with torch.inference_mode():  # eager first: an input the model rejects fails with its own one-line error

@@ -38,6 +38,12 @@ class FSLA(nn.Module):
     released weights. Other single-group sizes crash in the reference; here they keep images independent.
     """
 
+    # Read by `hybridvit.export` to refuse `--dynamic`: a traced graph fixes the clustering depth.
+    static_shape_reason = (
+        "BOAT's FSLA clusters N tokens in ceil(log2(N / 49)) levels, one sort each, and pads groups by a plan "
+        "computed from N, so a traced graph holds one token count per stage; export each size with --res"
+    )
+
     def __init__(
         self,
         dim: int,
