@@ -78,6 +78,10 @@ class FSLA(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_map(x)
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """FSLA on a [B, H, W, C] map (a method of its own: subclasses call it, TorchScript has no super())."""
         B, H, W, C = x.shape
         N, m, h, d = H * W, self.group_size, self.num_heads, self.head_dim
         qkv = self.qkv(x)  # [B, H, W, 3C], channels (q|k|v, head, d)

@@ -38,7 +38,7 @@ class TokenFSLA(FSLA):
         if hw is None:
             raise UnsupportedOptionError("the fsla mixer needs the tokens' H x W grid")
         B, N, C = x.shape
-        return super().forward(x.reshape(B, hw[0], hw[1], C)).reshape(B, N, C)
+        return self.forward_map(x.reshape(B, hw[0], hw[1], C)).reshape(B, N, C)
 
 
 def _mhsa(dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float) -> nn.Module:
