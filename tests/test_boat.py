@@ -408,3 +408,15 @@ def test_reference_checkpoint_keys_map_onto_ours() -> None:
         ours_cswin = set(timm.create_model("boat_cswin_tiny").state_dict())
     assert set(converted) <= ours_swin
     assert set(converted_c) <= ours_cswin and "stages.3.downsample.proj.weight" in converted_c
+
+
+@pytest.mark.parametrize("hw", [(56, 56), (14, 28), (21, 35)])
+def test_shift_window_mask_equals_timms(hw: tuple[int, int]) -> None:
+    """BOAT-Swin builds its own SW-MSA mask (TorchScript calls no super()); it must be timm's, at any padded size."""
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    from hybridvit.models.boat import BoatSwinBlock
+
+    block = BoatSwinBlock(8, 2, 49, 20, input_resolution=(56, 56), window_size=7, shift_size=3).eval()
+    x = torch.zeros(1, *hw, 1)
+    torch.testing.assert_close(block.get_attn_mask(x), SwinTransformerBlock.get_attn_mask(block, x), rtol=0, atol=0)
