@@ -145,6 +145,8 @@ def test_bad_back_end_flags_are_one_line_errors(monkeypatch, capsys, run_dir):
     assert "unknown back end 'tensorrt'; choose one of eager, compile" in capsys.readouterr().err
     assert main(["export", MODEL, "--format", "torchscript", "--quantize", "int8"]) == 2
     assert "--quantize int8 needs --format openvino (NNCF) or onnx (onnxruntime), not torchscript" in capsys.readouterr().err
+    assert main(["export", MODEL, "--task", "detection", "--quantize", "int8"]) == 2
+    assert "--quantize int8 quantizes classifiers; detectors export as float ONNX" in capsys.readouterr().err
     real_import = builtins.__import__
 
     def no_openvino(name, *args, **kwargs):

@@ -26,6 +26,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     if info is not None and info.get("task") == "detection":
         args.model, args.head, args.checkpoint, args.task = info["model"], info["head"], str(run_dir), "detection"
     if args.task == "detection":
+        if args.quantize:
+            from .backends import BackendError
+
+            raise BackendError("--quantize int8 quantizes classifiers; detectors export as float ONNX")
         return _export_detector(args)
     name, checkpoint, res, out = args.model, args.checkpoint, args.res, args.out
     if info is not None:  # its model, classes, input size and weights
