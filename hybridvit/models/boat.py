@@ -36,14 +36,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_module, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 
 from ..errors import InputShapeError
 from ..layers.cswin_attention import LePEAttention
 from ..layers.fsla import FSLA
 from ..layers.mixers import create_mixer
-from ._base import ClassifierHeadMixin, check_output_fmt
+from ._base import ClassifierHeadMixin, IntermediatesMixin, run_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
 
@@ -278,7 +277,7 @@ class BoatConfig:
     overlap: int = 20  # keys shared between last-level siblings (the reference's n = 20)
 
 
-class BoatTransformer(ClassifierHeadMixin, nn.Module):
+class BoatTransformer(IntermediatesMixin, ClassifierHeadMixin, nn.Module):
     """BOAT classifier: 4x4 patch embedding, four stages of bilateral local attention blocks, norm, head."""
 
     def __init__(
@@ -368,47 +367,32 @@ class BoatTransformer(ClassifierHeadMixin, nn.Module):
         x = self.layers(x) if hasattr(self, "layers") else self.stages(x)
         return self._final_norm(x)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
+    def _num_taps(self) -> int:
+        return len(self._stage_list())
+
+    def _forward_intermediates(
+        self, x: torch.Tensor, take_indices: list[int], stop_index: int | None, norm: bool, output_fmt: str,
+        intermediates_only: bool,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Outputs of the stages in `indices` (timm semantics; strides 4..32) and, unless `intermediates_only`,
-        `forward_features(x)`; `norm` applies the final LayerNorm to the last stage's output, as timm's Swin.
-        """
-        check_output_fmt(output_fmt)
+        # Stage outputs (strides 4..32); `norm` applies the final LayerNorm to the last stage's, as timm's Swin.
         stages = self._stage_list()
-        take_indices, max_index = feature_take_indices(len(stages), indices)
         last = len(stages) - 1
-        if stop_early:
-            stages = stages[: max_index + 1]
-        x = self._embed(x)
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(self._final_norm(x) if norm and i == last else x)
+        x, intermediates = run_stages(stages, self._embed(x), take_indices, stop_index, lambda stage, t: stage(t))
+        if norm and last in take_indices:
+            intermediates[-1] = self._final_norm(intermediates[-1])
         if intermediates_only:
             return intermediates
-        if len(stages) == last + 1:
+        if stop_index is None or stop_index == last:
             x = self._final_norm(x)
         return x, intermediates
 
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the stages after the last index wanted (and the final norm / head); used by `features_only`."""
-        take_indices, max_index = feature_take_indices(len(self._stage_list()), indices)
+    def _prune(self, max_index: int, prune_norm: bool, prune_head: bool) -> None:
+        """Drop the stages after `max_index` (and the final norm / head); used by `features_only`."""
         setattr(self, "layers" if hasattr(self, "layers") else "stages", self._stage_list()[: max_index + 1])
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.reset_classifier(0, "")
-        return take_indices
 
 
 def _init_weights(m: nn.Module) -> None:
