@@ -237,9 +237,9 @@ class MoCoViT(IntermediatesMixin, nn.Module):
         return intermediates if intermediates_only else (x, intermediates)
 
     def _prune(self, max_index: int, prune_norm: bool, prune_head: bool) -> None:
-        """Keep the blocks through the level's last one; cutting any (or `prune_head`) drops the head."""
+        """Keep the blocks through the level's last one; cutting any (or `prune_head`) drops the final conv and head."""
         last = self.stage_ends[max_index]
-        if last + 1 < len(self.blocks) or prune_head:
+        if max_index + 1 < len(self.stage_ends) or prune_head:  # at the last level, prune_head=False keeps it all
             self.blocks = self.blocks[: last + 1]  # drops the final 1x1 ConvBnAct too
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
             self.conv_head, self.act2 = nn.Identity(), nn.Identity()
