@@ -154,6 +154,10 @@ def test_fx_trace_equals_eager_and_keeps_input_checks(family):
         assert torch.equal(next(iter(traced(x).values())), model(x))
     with pytest.raises(InputShapeError, match="input channels"):  # the check is a leaf of the graph
         traced(x[:, :1])
+    if family in SCRIPTED:  # timm's test_model_forward_fx_torchscript: the traced graph scripts as well
+        with torch.no_grad():
+            scripted = next(iter(torch.jit.script(traced)(x).values()))
+        torch.testing.assert_close(scripted, model(x), rtol=1e-5, atol=1e-5)
     # timm's FX feature wrapper over the feature_info modules
     fx_features = _create(family, features_only=True, feature_cls="fx").eval()
     with torch.no_grad():

@@ -1,5 +1,4 @@
 """Pieces shared by model classes: timm's classifier API and MobileViT's five-stage layout."""
-from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 

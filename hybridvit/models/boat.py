@@ -26,7 +26,6 @@ window at that size).
 `attn_layer` (timm's keyword) puts another token mixer of `hybridvit.layers.mixers` in FSLA's slot
 (mhsa, xfa, mosa, fsla), on the stage's H x W tokens; the slot keeps the reference's key names.
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional

@@ -10,7 +10,6 @@ Resolution: any H, W >= 16 (multiples of 16 use every pixel; the stride-16 patch
 (577 tokens); `set_input_size` resamples it once and for all (fine-tuning at a new size), and
 checkpoints of another size are resampled on load (`hybridvit.load_checkpoint`, timm `pretrained`).
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial

@@ -14,7 +14,6 @@ segmentation, MobileViT §4.3 / ml-cvnets `output_stride: 16`).
 Input size: any H, W >= 32. Feature maps whose side is not a multiple of the 2x2 patch are
 bilinearly resized around the transformer, as the reference does (e.g. 224 -> 7x7 -> 8x8 -> 7x7).
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial

@@ -11,7 +11,6 @@ With `num_mtb=0` the model is GhostNet itself, registered as `hv_ghostnet_100` (
 
 Input size: any H, W >= 1 (all convs are padded; attention runs on whatever 1/32 grid results).
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any

@@ -12,7 +12,6 @@ keyword) swaps XFA for another token mixer of `hybridvit.layers.mixers` (mhsa, x
 Input size: any H, W; feature maps whose side is not a multiple of the 2x2 patch are bilinearly
 resized around the transformer, as in MobileViT.
 """
-from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
