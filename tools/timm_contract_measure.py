@@ -18,7 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import hybridvit  # noqa: F401  (registers the models)
-from hybridvit.bench.measure import time_side_by_side
+from hybridvit.bench.measure import profiled_peak_bytes, time_side_by_side
 
 FAMILIES = {  # the smallest model of each family
     "mobilevit": "hv_mobilevit_xxs",
@@ -36,14 +36,7 @@ def train_step_peak_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     model(x).mean().backward()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model(x).mean().backward()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
+    return profiled_peak_bytes(prof)
 
 
 def memory(res: int, batch: int) -> None:

@@ -68,6 +68,11 @@ def peak_memory_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
             return torch.cuda.max_memory_allocated(x.device) - before
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             model(x)
+    return profiled_peak_bytes(prof)
+
+
+def profiled_peak_bytes(prof: profile) -> int:
+    """Peak of the running sum of the allocations and frees a memory-profiling `prof` recorded."""
     events = sorted(
         (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
     )
