@@ -103,6 +103,22 @@ def test_padding_has_no_say_in_the_clustering() -> None:
     assert torch.equal(perm[:, 26:51], order[:, 26:]) and (perm[:, 51] == 51).all()
 
 
+@pytest.mark.parametrize("num_tokens", [3136, 3200])
+def test_clustering_in_cache_sized_chunks_equals_each_row_alone(num_tokens: int) -> None:
+    """Eager clusters the (image, head) rows in chunks of <= 2.5 MB of float64 (3 rows of 3136 x 32: BOAT-Swin-T's
+    stage 1), scripted code too; every row's result is the one it gets alone (3200 tokens: padded groups)."""
+    x = torch.randn(4, num_tokens, 32, generator=torch.Generator().manual_seed(num_tokens))
+    levels = cluster_levels(num_tokens, 49)
+    alone = [balanced_hierarchical_clustering(row, levels) for row in x.split(1)]
+    scripted = torch.jit.script(balanced_hierarchical_clustering)
+    for perm, inv in (balanced_hierarchical_clustering(x, levels), scripted(x, levels)):
+        assert torch.equal(perm, torch.cat([p for p, _ in alone])) and torch.equal(inv, torch.cat([i for _, i in alone]))
+    if num_tokens == 3136:  # replayed orders cover all rows: no chunks then
+        in_place = [torch.arange(3136 >> level).expand(4 << level, -1) for level in range(levels)]
+        with replay_cuts(in_place):
+            assert torch.equal(balanced_hierarchical_clustering(x, levels)[0], in_place[0])
+
+
 def test_overlap_keys_are_the_widened_halves_of_the_parent() -> None:
     pos = overlapping_key_index(4, 49, 20)
     assert pos.shape == (4, 69)
