@@ -192,6 +192,47 @@ def test_bad_back_end_flags_are_one_line_errors(monkeypatch, capsys, run_dir):
         require("openvino", "the openvino back end")
 
 
+def _fake_run(folder, task: str, model=None):
+    """A run directory as `train` leaves it (run.json, best.safetensors), without the training."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    info = {"task": task, "model": MODEL, "head": "deeplabv3" if task == "segmentation" else "ssdlite", "num_classes": 3,
+            "classes": ["background", "a", "b"], "img_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    (folder / "run.json").write_text(json.dumps(info))
+    if model is not None:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "best.safetensors"))
+    return folder
+
+
+def test_quantize_refuses_segmenters_and_detectors_in_one_line(tmp_path, capsys):
+    message = "--quantize int8 quantizes classifiers; detectors export as float ONNX, segmenters as float ONNX or OpenVINO IR"
+    for target in (_fake_run(tmp_path / "seg", "segmentation"), _fake_run(tmp_path / "det", "detection"), "deeplabv3:" + MODEL):
+        assert main(["export", str(target), "--format", "openvino", "--quantize", "int8"]) == 2
+        assert capsys.readouterr().err.strip() == f"hybridvit: error: {message}"
+
+
+def test_a_segmentation_run_exports_its_segmenter(tmp_path, monkeypatch):
+    """Its head, backbone, classes, input size and weights (the export itself is tested in test_segmentation_heads.py)."""
+    from types import SimpleNamespace
+
+    import hybridvit.export.api as api
+    from hybridvit.tasks import create_segmenter
+
+    trained = create_segmenter("deeplabv3", MODEL, 3)
+    run = _fake_run(tmp_path / "seg", "segmentation", trained)
+    calls = []
+    monkeypatch.setattr(api, "export_model", lambda name, fmt, **kw: calls.append((name, fmt, kw)) or SimpleNamespace(
+        path=kw["out"], format=fmt, input_shape=(2, 3, 64, 64), dynamic_batch=True, dynamic_hw=False, max_error=None, notes=[]))
+    assert main(["export", str(run), "--format", "openvino"]) == 0
+    (name, fmt, kw), = calls
+    assert (name, fmt, kw["res"], kw["out"]) == ("deeplabv3:" + MODEL, "openvino", 64, run / f"deeplabv3_{MODEL}.xml")
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(kw["model"].state_dict()[key], value)
+
+
 def test_train_compile_compiles_the_model_after_the_ema_copy(tmp_path, monkeypatch):
     """Wiring only (inductor on a real model costs minutes here): `--compile` compiles the trained model in
     place, and the EMA copy stays eager."""

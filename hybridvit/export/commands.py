@@ -25,14 +25,19 @@ def cmd_export(args: argparse.Namespace) -> None:
     info = read_run_info(run_dir) if run_dir.is_dir() else None  # a training output directory
     if info is not None and info.get("task") == "detection":
         args.model, args.head, args.checkpoint, args.task = info["model"], info["head"], str(run_dir), "detection"
-    if args.task == "detection":
-        if args.quantize:
-            from .backends import BackendError
+    segmenter = (info or {}).get("task") == "segmentation" or ":" in args.model  # a run dir, or HEAD:BACKBONE
+    if args.quantize and (args.task == "detection" or segmenter):
+        from .backends import BackendError
 
-            raise BackendError("--quantize int8 quantizes classifiers; detectors export as float ONNX")
+        raise BackendError("--quantize int8 quantizes classifiers; detectors export as float ONNX, "
+                           "segmenters as float ONNX or OpenVINO IR")
+    if args.task == "detection":
         return _export_detector(args)
     name, checkpoint, res, out = args.model, args.checkpoint, args.res, args.out
-    if info is not None:  # its model, classes, input size and weights
+    if info is not None and segmenter:  # `load_model` reads the run's head, backbone, classes and weights
+        name, checkpoint, res = f"{info['head']}:{info['model']}", str(run_dir), res or info.get("img_size")
+        out = out or run_dir / f"{info['head']}_{info['model']}{FORMATS[args.format]}"
+    elif info is not None:  # its model, classes, input size and weights
         name, res = info["model"], res or info.get("img_size")
         checkpoint = checkpoint or run_weights(run_dir, args.weights)
         out = out or run_dir / f"{name}{FORMATS[args.format]}"
