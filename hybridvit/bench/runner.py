@@ -25,6 +25,7 @@ import torch
 
 from ..errors import UnknownModelError
 from ..models import list_models
+from ..tasks.detection import set_score_threshold
 from .flops import MacCount, count_macs, count_macs_at, count_params
 from .measure import peak_memory_bytes, time_side_by_side
 
@@ -140,9 +141,7 @@ class DetectorOnBatch(torch.nn.Module):
     def __init__(self, detector: torch.nn.Module) -> None:
         super().__init__()
         self.detector = detector
-        for module in (detector, getattr(detector, "roi_heads", None)):  # Mask R-CNN thresholds in its RoI heads
-            if module is not None and hasattr(module, "score_thresh"):
-                module.score_thresh = DETECTOR_SCORE_THRESH
+        set_score_threshold(detector, DETECTOR_SCORE_THRESH)
 
     def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         return self.detector(list(x))

@@ -135,10 +135,12 @@ def _predict_detector(trained, args: argparse.Namespace) -> None:
 
     from ..data.datasets import open_rgb
     from ..tasks.coco_eval import to_coco_results
+    from ..tasks.detection import set_score_threshold
     from .inference import detect_files
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    set_score_threshold(trained.model, args.score_threshold)  # the detector's own floor (SSD: 0.01) would hide lower ones
     outputs = detect_files(trained, args.images)
     kept = [{k: v[o["scores"] >= args.score_threshold] for k, v in o.items()} for o in outputs]
     for file, det in zip(args.images, kept):

@@ -225,7 +225,7 @@ class DetectionTask:
 
     def detector_kwargs(self) -> dict[str, Any]:
         size = self.cfg.img_size or self.recipe.img_size
-        return {"image_size": size} if size else {}
+        return ({"image_size": size} if size else {}) | self.recipe.detector_kwargs.get(self.head, {})
 
     def build_model(self, num_classes: int) -> torch.nn.Module:
         from ..tasks import create_detector

@@ -26,6 +26,13 @@ DETECTION_HEADS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def set_score_threshold(detector: nn.Module, threshold: float) -> None:
+    """Keep only detections scoring above `threshold` inside `detector` (Mask R-CNN filters in its RoI heads)."""
+    for module in (detector, getattr(detector, "roi_heads", None)):
+        if module is not None and hasattr(module, "score_thresh"):
+            module.score_thresh = threshold
+
+
 def create_detector(head: str, backbone: str, num_classes: int, **kwargs) -> nn.Module:
     """Detector `head` around the registered model `backbone`, for `num_classes` foreground classes (80 for COCO).
 

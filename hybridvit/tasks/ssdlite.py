@@ -13,9 +13,12 @@ Follows ml-cvnets `cvnets-v0.1` `config/detection/ssd_mobilevit_*_320.yaml` and
 - SSD matching at IoU 0.5, smooth-L1 + cross-entropy with 3:1 hard-negative mining, box variances
   0.1 / 0.2, NMS at IoU 0.5: torchvision's `SSD` implements exactly these.
 The extra layers and heads use ReLU (the config's `model.activation`), the backbone keeps its own.
+Initialisation is ml-cvnets' xavier_uniform everywhere; `class_prior` instead starts the predictors
+the Focal Loss way (§3.3): weights N(0, 0.01), class scores at foreground probability `class_prior`.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 
@@ -109,6 +112,20 @@ class SSDLiteHead(nn.Module):
         self.levels = nn.ModuleList(levels)
         _xavier_init(self)
 
+    def init_class_prior(self, prior: float) -> None:
+        """Predictors N(0, 0.01) with zero box offsets and softmax foreground probability `prior` per anchor.
+
+        Focal Loss §3.3's prior initialisation, for a softmax with a background class: background bias
+        b = log((C - 1)(1 - prior) / prior), every other logit 0. Without it the xavier-initialised scores
+        start far from the background-dominated answer and short runs spend most steps getting back to it.
+        """
+        for level in self.levels:
+            predictor = level if isinstance(level, nn.Conv2d) else level[-1][-1]
+            nn.init.normal_(predictor.weight, std=0.01)
+            bias = predictor.bias.data.view(-1, 4 + self.num_classes)
+            bias.zero_()
+            bias[:, 4] = math.log((self.num_classes - 1) * (1 - prior) / prior)
+
     def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         outputs = []
         for feature, level in zip(features, self.levels):
@@ -128,11 +145,14 @@ def create_ssdlite(
     min_scale: float = 0.1,
     max_scale: float = 1.05,
     pretrained_path: str | os.PathLike | None = None,
+    class_prior: float | None = None,
     **detector_kwargs,
 ) -> SSD:
     """SSDLite with `model_name` as backbone; `num_classes` foreground classes, images resized to `image_size`.
 
-    `detector_kwargs` go to torchvision's `SSD` (score_thresh, nms_thresh, detections_per_img, ...).
+    `class_prior` (e.g. 0.01) replaces the predictors' xavier initialisation by the Focal Loss prior one
+    (`SSDLiteHead.init_class_prior`). `detector_kwargs` go to torchvision's `SSD` (score_thresh,
+    nms_thresh, detections_per_img, ...).
     """
     backbone = SSDLiteBackbone(model_name, output_strides, proj_channels, pretrained_path=pretrained_path)
     scales = np.linspace(min_scale, max_scale, len(output_strides) + 1).tolist()
@@ -144,6 +164,8 @@ def create_ssdlite(
         num_classes + 1,  # + background
         [s == GLOBAL_LEVEL for s in output_strides],
     )
+    if class_prior is not None:
+        head.init_class_prior(class_prior)
     preprocessing = get_pretrained_cfg(model_name)
     detector_kwargs = {"nms_thresh": 0.5, "iou_thresh": 0.5, "positive_fraction": 0.25} | detector_kwargs
     return SSD(
