@@ -113,6 +113,39 @@ def test_calibration_subset_is_fixed_by_its_seed():
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
+def test_onnxruntime_int8_keeps_attention_matmuls_float(tmp_path):
+    """A toy attention block (the TorchScript-based exporter: seconds, not a dynamo export): its linear layers
+    run int8, the two activation x activation MatMuls (scores, weighted sum) stay float."""
+    import onnx
+
+    from hybridvit.export.onnx import INPUT_NAME
+    from hybridvit.export.quantize import attention_matmuls, quantize_onnxruntime
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.qkv, self.fc = torch.nn.Conv2d(3, 16, 3, stride=2), torch.nn.Linear(16, 48), torch.nn.Linear(16, 5)
+
+        def forward(self, x):
+            tokens = self.conv(x).flatten(2).transpose(1, 2)
+            q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+            return self.fc(((q @ k.transpose(1, 2)).softmax(-1) @ v).mean(1))
+
+    model, float_path = Attention().eval(), tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.rand(1, 3, 16, 16),), str(float_path), input_names=[INPUT_NAME],
+                      dynamic_axes={INPUT_NAME: {0: "batch"}}, dynamo=False)
+    int8_path = quantize_onnxruntime(float_path, [torch.rand(1, 3, 16, 16) for _ in range(8)], tmp_path / "m_int8.onnx")
+    graph = onnx.load(str(int8_path)).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    dequantized = [n.name for n in matmuls if any(made_by.get(i) is not None and made_by[i].op_type == "DequantizeLinear" for i in n.input)]
+    assert len(attention_matmuls(float_path)) == 2 and len(matmuls) == 4
+    assert len(dequantized) == 2 and not set(dequantized) & set(attention_matmuls(float_path))
+    x = torch.rand(2, 3, 16, 16)
+    err, _ = max_error(model, open_exported(int8_path), [x])
+    assert open_exported(int8_path).precision == "int8 (QDQ) + f32" and err < 0.1
+
+
 def test_predict_on_an_exported_model_matches_eager(run_dir, exported, tmp_path, capsys):
     path, _ = exported
     image, _ = DigitsDataset("val")[0]

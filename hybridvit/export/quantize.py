@@ -11,8 +11,14 @@ the validation images the accuracy check then uses.
   cost 1.39 points of top-1 (7 of 360 predictions changed) on every calibration subset tried;
   without it the loss was 0.28 points (1-3 changed), as with NNCF's slower full bias correction
   (docs/export.md, "INT8").
-- onnxruntime (`quantize_onnxruntime`): QDQ, per-channel int8 weights, uint8 activations, only
-  Conv / MatMul / Gemm inputs quantized (onnxruntime.quantization.quantize_static).
+- onnxruntime (`quantize_onnxruntime`): QDQ, per-tensor int8 weights, uint8 activations, only
+  Conv / MatMul / Gemm inputs quantized (onnxruntime.quantization.quantize_static), attention's
+  activation x activation MatMuls kept float, on the graph after onnxruntime's `quant_pre_process`
+  (constant folding: the dynamo graph computes conv biases, which the quantizer needs as
+  initializers to fuse). On the digits model at batch 1 that graph ran in 0.5-0.76x OpenVINO f32's
+  time, the unfolded one in 1.39x; on it per-channel weights lost 2.78 points of top-1, per-tensor
+  0.56-1.11 and per-tensor with attention float 0.56-0.83 over three calibration subsets
+  (docs/export.md, "INT8").
 """
 from __future__ import annotations
 
@@ -76,6 +82,7 @@ def quantize_onnxruntime(model_path: str | Path, calibration: Iterable[torch.Ten
     """INT8 QDQ ONNX graph at `out` from the float ONNX graph at `model_path`, calibrated by onnxruntime."""
     require("onnxruntime", "INT8 quantization with onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .onnx import INPUT_NAME
 
@@ -89,13 +96,26 @@ def quantize_onnxruntime(model_path: str | Path, calibration: Iterable[torch.Ten
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:
-        tmp_out = Path(tmp) / out.name
+        tmp_out, folded = Path(tmp) / out.name, Path(tmp) / "folded.onnx"
+        # Its symbolic shape inference fails on the dynamo graph's Constant nodes; ONNX's own suffices.
+        quant_pre_process(str(model_path), str(folded), skip_symbolic_shape=True)
         quantize_static(
-            str(model_path), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            str(folded), str(tmp_out), Reader(), quant_format=QuantFormat.QDQ, per_channel=False,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            nodes_to_exclude=attention_matmuls(folded),
         )
         tmp_out.replace(out)
     return out
+
+
+def attention_matmuls(path: Path) -> list[str]:
+    """Names of the MatMuls in an ONNX graph whose inputs are both activations (attention's scores and
+    weighted sum), not a weight: the quantizer leaves them float, as NNCF's TRANSFORMER type does."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    weights = {t.name for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights.intersection(n.input)]
 
 
 def quantize_exported(float_path: Path, fmt: str, calibration: list[torch.Tensor], out: Path | None = None) -> Path:
