@@ -138,7 +138,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="detection: export the whole detector (onnx; --checkpoint a detection run directory)")
     p.add_argument("--head", choices=tuple(DETECTION_HEADS), help="detection head (default: ssdlite)")
     p.add_argument("--quantize", choices=("int8",),
-                   help="also write a post-training INT8 copy, MODEL_int8 (openvino: NNCF; onnx: onnxruntime's quantizer)")
+                   help="also write a post-training INT8 copy, MODEL_int8 (openvino: NNCF; onnx: onnxruntime's quantizer, "
+                        "the faster one on CPUs without VNNI: docs/export.md, INT8); classifiers only")
     p.add_argument("--calibration", help="INT8 calibration images: 'digits' (default), or a data folder (its train/ split)")
     p.add_argument("--calibration-size", type=positive_int, default=300, help="number of calibration images (default 300)")
     p.set_defaults(func=cmd_export)
