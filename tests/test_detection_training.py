@@ -25,13 +25,13 @@ def scenes(tmp_path_factory):
 
 
 # head: (detector kwargs, steps, lr, AP50 floor). Each floor fails when the head is broken once (SSDLite:
-# class logits detached from the loss, AP50 0.02; YOLOv3: x/y swapped in the decoding, AP50 0.0).
-# Not here: RetinaNet (64-channel FPN, score_thresh 0.01) reached AP50 0.014 in 40 steps, and 0.023 with
-# its labels shifted by one, so no floor separates working from broken; Mask R-CNN took 241 s for 30
-# steps on the shared CPU (64-channel FPN, 200/100 RPN proposals, 64 RoIs) and scored AP50 0.0.
+# class logits detached from the loss, AP50 0.02; YOLOv3: x/y swapped in the decoding, AP50 0.0;
+# RetinaNet: labels shifted by one, AP50 0.10). RetinaNet's focal-loss head (torchvision's N(0, 0.01)
+# convs, prior 0.01) stays at the prior for ~40 steps: 50 steps gave AP50 0.045, 60 at lr 2e-3 0.024.
 FITS = {
     "ssdlite": ({"image_size": 96}, 40, 3e-3, 0.3),  # measured AP50 0.527
     "yolov3": ({"image_size": 96}, 40, 3e-3, 0.05),  # measured AP50 0.101
+    "retinanet": ({"image_size": 96, "fpn_channels": 128}, 90, 1e-3, 0.5),  # measured AP50 1.0
 }
 
 
