@@ -80,9 +80,10 @@ def test_coco_errors_are_one_line(tmp_path):
         CocoDetection(tmp_path / "annotations" / "instances_val.json", tmp_path / "train2017")
 
 
-def test_ssd_augmentation_moves_boxes_and_masks_together(tmp_path):
+@pytest.mark.parametrize("augmentation", [{}, {"iou_crop": False, "affine": (0.2, 0.7, 1.4)}])
+def test_ssd_augmentation_moves_boxes_and_masks_together(tmp_path, augmentation):
     root = digit_scenes(SceneConfig(size=64, num_train=8, num_val=2, digit_size=(16, 28)), tmp_path)
-    data = CocoDetection(*find_coco_split(root, "train"), transform=detection_transform(train=True), masks=True)
+    data = CocoDetection(*find_coco_split(root, "train"), transform=detection_transform(train=True, **augmentation), masks=True)
     torch.manual_seed(0)
     seen = 0
     for index in range(len(data)):

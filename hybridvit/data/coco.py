@@ -175,15 +175,23 @@ def _decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(rle).astype(np.uint8)
 
 
-def detection_transform(train: bool, hflip: float = 0.5, photometric: bool = True, iou_crop: bool = True) -> Callable:
+def detection_transform(
+    train: bool, hflip: float = 0.5, photometric: bool = True, iou_crop: bool = True,
+    affine: tuple[float, float, float] | None = None,
+) -> Callable:
     """SSD augmentation (SSD §2.2, torchvision references/detection `ssdlite` preset) with transforms.v2.
 
     Photometric distortion, zoom-out, IoU crop and flip move boxes and masks together; boxes that
     end up degenerate are dropped with their labels and masks. Resizing is the detector's job.
+    `affine` = (translate, min scale, max scale) adds a random shift and zoom first (ours, for data whose
+    objects are too small for zoom-out).
     """
     if not train:
         return T.Identity()
     steps: list[Callable] = []
+    if affine is not None:
+        shift, low, high = affine
+        steps.append(T.RandomAffine(degrees=0, translate=(shift, shift), scale=(low, high)))
     if photometric:
         steps.append(T.RandomPhotometricDistort(p=0.5))
     if iou_crop:

@@ -44,6 +44,7 @@ class Recipe:
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
     hflip: float = 0.5
     iou_crop: bool = True  # detection: SSD's zoom-out + IoU crop (off where objects are already small)
+    affine: tuple[float, float, float] | None = None  # detection: random (translate, min scale, max scale)
     detector_kwargs: dict[str, dict] = field(default_factory=dict)  # detection: builder arguments per head, for this data
     color_jitter: float = 0.0
     auto_augment: str | None = None
@@ -162,6 +163,7 @@ RECIPES: dict[str, Recipe] = {
         img_size=160,  # the scenes' own size: digits stay 24-64 px, the size the 32 px digits backbone saw
         hflip=0.0,  # mirrored digits are other glyphs
         iou_crop=False,  # zoom-out (up to 4x) would shrink 24 px digits to 6 px; photometric distortion stays
+        affine=(0.1, 0.8, 1.25),  # shifts digits off the default-box grid: val AP50 at step 400 0.79 -> 0.88
         detector_kwargs={"ssdlite": {
             # Half SSDLite's 320 px, so the levels move one octave down (strides 8..128 + global): every
             # level keeps the paper's 20x20 ... 1x1 grid and default boxes relative to the image.

@@ -214,7 +214,8 @@ class DetectionTask:
         from ..data.digit_scenes import digit_scenes
 
         root = digit_scenes() if self.cfg.data is None else self.cfg.data
-        train_tf = detection_transform(train=True, hflip=self.recipe.hflip, iou_crop=self.recipe.iou_crop)
+        train_tf = detection_transform(train=True, hflip=self.recipe.hflip, iou_crop=self.recipe.iou_crop,
+                                       affine=self.recipe.affine)
         train = CocoDetection(*find_coco_split(root, "train"), transform=train_tf, masks=self.masks, drop_empty=True)
         val = CocoDetection(*find_coco_split(root, "val"), masks=self.masks)
         if val.category_ids != train.category_ids:
