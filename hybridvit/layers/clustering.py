@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Optional
 
+import numpy
 import torch
 import torch.nn.functional as F
 
@@ -51,6 +52,10 @@ def _sort_order(key: torch.Tensor) -> torch.Tensor:
         return key.argsort(dim=-1)
     queue = _replayed_orders.get()
     if queue is None:
+        if key.device.type == "cpu" and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            # numpy's vectorised argsort (x86-simd-sort) vs torch's scalar std::sort: 84 vs 421 us for [3, 3136]
+            # float64 keys (Intel Xeon AVX-512, 1 thread; issue 14); the same order for distinct keys
+            return torch.from_numpy(numpy.argsort(key.numpy(), axis=-1))
         return key.argsort(dim=-1)
     if not queue:
         raise RuntimeError("the model made more clustering cuts than were replayed")
@@ -209,21 +214,21 @@ def _cluster_rows(
     for level in range(levels):
         k = 1 << level  # groups per row
         g, n = G * k, M // k
-        xs, w = x.view(g, n, D), inv_norm.view(g, n)
+        xs, w = x.view(g, n, D), inv_norm.view(g, 1, n)
         if plan is None:  # the normalised sums of the halves are the normalised means
             halves = xs.view(g, 2, n // 2, D).sum(dim=2)
         else:
             halves = (plan[level][1].to(x.dtype) @ xs.view(G, k, n, D)).view(g, 2, D)
         centres = F.normalize(halves, dim=-1)  # [g, 2, D]
-        total = halves.sum(dim=1)  # every real token is in one half, pads are zero; 2nd centre: total - 1st
+        total = halves.sum(dim=1, keepdim=True)  # every real token is in one half, pads are zero; 2nd centre: total - 1st
         tokens_t = xs.transpose(1, 2)  # [g, D, n]: row vector @ x^T is the fastest CPU matmul of these shapes
+        sharpness = w * -temperature  # [g, 1, n], negative: centres.diff(dim=1) is c_1 - c_0
         for _ in range(iters):
-            # softmax over the two centres = sigmoid of the cosine difference; one dot product per token
-            gap = ((centres[:, :1] - centres[:, 1:]) @ tokens_t).squeeze(1) * w
-            near_first = torch.sigmoid(temperature * gap)  # [g, n]
-            first = (near_first.unsqueeze(1) @ xs).squeeze(1)  # [g, D]
-            centres = F.normalize(torch.stack((first, total - first), dim=1), dim=-1)
-        cos = (centres @ tokens_t) * w.unsqueeze(1)  # [g, 2, n]
+            # softmax over the two centres = sigmoid(temperature * (cos_0 - cos_1)); one dot product per token
+            near_first = torch.sigmoid((centres.diff(dim=1) @ tokens_t) * sharpness)  # [g, 1, n]
+            first = near_first @ xs  # [g, 1, D]
+            centres = F.normalize(torch.cat((first, total - first), dim=1), dim=-1)
+        cos = (centres @ tokens_t) * w  # [g, 2, n]
         key = (cos[:, 0] + 1) / (cos[:, 1] + 1)
         if plan is None:
             order = _sort_order(key)  # [g, n]
