@@ -151,6 +151,21 @@ def test_maskrcnn_fpn_names_match_roi_pools_and_anchor_levels():
     assert len(detector.rpn.anchor_generator.sizes) == len(features)
 
 
+def test_maskrcnn_head_widths_are_set_and_default_to_the_paper():
+    with torch.device("meta"):
+        paper = create_detector("maskrcnn", "hv_mobilevit_xxs", num_classes=80)
+        small = create_detector("maskrcnn", "hv_mobilevit_xxs", num_classes=3, box_representation_size=64, mask_head_channels=8)
+    # torchvision's own default heads (fc 1024, 4x256 mask convs) gave this count before the keywords existed
+    assert _num_params(paper) == 20_889_701
+    for detector, box, mask, classes in ((paper, 1024, 256, 81), (small, 64, 8, 4)):
+        heads = detector.roi_heads
+        assert heads.box_head.fc7.out_features == box and heads.box_predictor.cls_score.in_features == box
+        assert heads.box_predictor.cls_score.out_features == classes
+        assert [block[0].out_channels for block in heads.mask_head] == [mask] * 4
+        assert heads.mask_predictor.conv5_mask.out_channels == mask
+        assert heads.mask_predictor.mask_fcn_logits.out_channels == classes
+
+
 def test_retinanet_keeps_aspect_ratio_at_the_size_set():
     detector = create_detector("retinanet", "hv_mobilevit_xxs", num_classes=3, image_size=200, fpn_channels=16)
     resized, _ = detector.transform([torch.rand(3, 100, 150)])
