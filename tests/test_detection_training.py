@@ -20,28 +20,43 @@ SCENES = SceneConfig(size=96, num_train=4, num_val=1, digits_per_scene=(1, 2), d
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     root = digit_scenes(SCENES, cache_dir=tmp_path_factory.mktemp("cache"))
-    data = CocoDetection(*find_coco_split(root, "train"))
+    data = CocoDetection(*find_coco_split(root, "train"), masks=True)
     return data, [data[i] for i in range(len(data))]
 
 
-# head: (detector kwargs, steps, lr, AP50 floor). Each floor fails when the head is broken once (SSDLite:
+# head: (detector kwargs, steps, lr, {metric: floor}). Each floor fails when the head is broken once (SSDLite:
 # class logits detached from the loss, AP50 0.02; YOLOv3: x/y swapped in the decoding, AP50 0.0;
 # RetinaNet: labels shifted by one, AP50 0.10). RetinaNet's focal-loss head (torchvision's N(0, 0.01)
 # convs, prior 0.01) stays at the prior for ~40 steps: 50 steps gave AP50 0.045, 60 at lr 2e-3 0.024.
+# A mask_AP50 floor trains with the instance masks and scores them too.
 FITS = {
-    "ssdlite": ({"image_size": 96}, 40, 3e-3, 0.3),  # measured AP50 0.527
-    "yolov3": ({"image_size": 96}, 40, 3e-3, 0.05),  # measured AP50 0.101
-    "retinanet": ({"image_size": 96, "fpn_channels": 128}, 90, 1e-3, 0.5),  # measured AP50 1.0
+    "ssdlite": ({"image_size": 96}, 40, 3e-3, {"AP50": 0.3}),  # measured AP50 0.527
+    "yolov3": ({"image_size": 96}, 40, 3e-3, {"AP50": 0.05}),  # measured AP50 0.101
+    "retinanet": ({"image_size": 96, "fpn_channels": 128}, 90, 1e-3, {"AP50": 0.5}),  # measured AP50 1.0
+    # measured AP50 1.0, mask_AP50 1.0 (twice), 21-22 s (Intel Xeon AVX-512, 1 thread); seeds 1 and 2 also
+    # 1.0 / 1.0, and at 60 steps 0.8 / 0.8 (seed 0), 1.0 / 0.90 (seed 2). Broken once: labels shifted by one
+    # 0.0 / 0.0; mask targets zeroed 1.0 / 0.0; masks transposed 1.0 / 0.0; each box given the next box's
+    # mask in to_coco_results 1.0 / 0.3. torchvision's default heads and sampling (fc 1024, 4x256 mask
+    # convs, 2000 proposals, 512 RoIs) on this 64-channel FPN take 3 s a step here, these 0.2 s.
+    "maskrcnn": (
+        {
+            "image_size": 96, "fpn_channels": 64, "box_representation_size": 256, "mask_head_channels": 32,
+            "rpn_post_nms_top_n_train": 100, "box_batch_size_per_image": 32,
+        },
+        100, 2e-3, {"AP50": 0.5, "mask_AP50": 0.5},
+    ),
 }
 
 
 @pytest.mark.parametrize("head", sorted(FITS))
 def test_head_fits_digit_scenes(head, scenes):
     data, samples = scenes
-    kwargs, steps, lr, floor = FITS[head]
+    kwargs, steps, lr, floors = FITS[head]
+    with_masks = "mask_AP50" in floors
+    keys = ("boxes", "labels", "masks") if with_masks else ("boxes", "labels")
     detector = create_detector(head, "hv_mobilevit_xxs", num_classes=len(data.category_ids), **kwargs)
     images = [image for image, _ in samples]
-    targets = [{k: v for k, v in t.items() if k in ("boxes", "labels")} for _, t in samples]
+    targets = [{k: v for k, v in t.items() if k in keys} for _, t in samples]
     optimizer = torch.optim.AdamW(detector.parameters(), lr=lr)
     for _ in range(steps):
         loss = sum(detector(images, targets).values())
@@ -52,6 +67,6 @@ def test_head_fits_digit_scenes(head, scenes):
     with torch.no_grad():
         outputs = detector(images)
     results = to_coco_results(outputs, [t["image_id"] for _, t in samples], data.category_ids)
-    metrics = coco_evaluate(data.ground_truth(), results)
+    metrics = coco_evaluate(data.ground_truth(), results, iou_types=("bbox", "segm") if with_masks else ("bbox",))
     print(head, {k: round(v, 3) for k, v in metrics.items()})
-    assert metrics["AP50"] >= floor
+    assert all(metrics[name] >= floor for name, floor in floors.items()), {name: metrics[name] for name in floors}
