@@ -1,4 +1,5 @@
 """Exceptions with messages meant for people: the CLI prints them as one line and exits with code 2."""
+from collections.abc import Iterable
 
 
 class HybridViTError(ValueError):
@@ -31,6 +32,13 @@ class TrainingDivergedError(HybridViTError):
 
 class UnknownHeadError(HybridViTError):
     """A dense-prediction head name that is not defined."""
+
+    @classmethod
+    def check(cls, task: str, head: str, heads: Iterable[str]) -> str:
+        """`head` when it is one of `heads`; otherwise this error, naming the `task` and listing `heads`."""
+        if head not in heads:
+            raise cls(f"unknown {task} head '{head}'; choose one of {', '.join(heads)}")
+        return head
 
 
 class UnsupportedBackboneError(HybridViTError):

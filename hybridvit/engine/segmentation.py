@@ -139,11 +139,7 @@ class SegmentationTask:
         from ..tasks import SEGMENTATION_HEADS
 
         self.cfg, self.recipe, self.device, self.info = cfg, recipe, device, info
-        self.head = cfg.head or "deeplabv3"
-        if self.head not in SEGMENTATION_HEADS:
-            raise UnknownHeadError(
-                f"unknown segmentation head '{self.head}'; choose one of {', '.join(SEGMENTATION_HEADS)}"
-            )
+        self.head = UnknownHeadError.check("segmentation", cfg.head or "deeplabv3", SEGMENTATION_HEADS)
 
     def build_data(self):
         from ..data.datasets import DataSplits

@@ -201,9 +201,7 @@ class DetectionTask:
         from ..errors import UnknownHeadError
 
         self.cfg, self.recipe, self.device, self.info = cfg, recipe, device, info
-        self.head = cfg.head or "ssdlite"
-        if self.head not in DETECTION_HEADS:
-            raise UnknownHeadError(f"unknown detection head '{self.head}'; choose one of {', '.join(DETECTION_HEADS)}")
+        self.head = UnknownHeadError.check("detection", cfg.head or "ssdlite", DETECTION_HEADS)
         self.masks = self.head == "maskrcnn"
         from ..tasks.coco_eval import BOX_METRICS, MASK_METRICS
 

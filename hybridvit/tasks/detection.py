@@ -39,6 +39,4 @@ def create_detector(head: str, backbone: str, num_classes: int, **kwargs) -> nn.
     `kwargs` go to the head's builder, e.g. `image_size`, `pretrained_path` (backbone classification
     weights), or the torchvision detector's post-processing thresholds.
     """
-    if head not in DETECTION_HEADS:
-        raise UnknownHeadError(f"unknown detection head '{head}'; choose one of {', '.join(DETECTION_HEADS)}")
-    return DETECTION_HEADS[head](backbone, num_classes, **kwargs)
+    return DETECTION_HEADS[UnknownHeadError.check("detection", head, DETECTION_HEADS)](backbone, num_classes, **kwargs)

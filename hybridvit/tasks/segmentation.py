@@ -109,9 +109,7 @@ def create_segmenter(
     the head (e.g. `aspp_rates`, `embed_dim`, `channels`), `backbone_kwargs` to the backbone's constructor
     (e.g. `drop_path_rate`).
     """
-    if head not in SEGMENTATION_HEADS:
-        raise UnknownHeadError(f"unknown segmentation head '{head}'; choose one of {', '.join(SEGMENTATION_HEADS)}")
-    spec = SEGMENTATION_HEADS[head]
+    spec = SEGMENTATION_HEADS[UnknownHeadError.check("segmentation", head, SEGMENTATION_HEADS)]
     output_stride = output_stride or spec.output_stride
     model_kwargs = dict(backbone_kwargs or {})
     if output_stride != 32:
