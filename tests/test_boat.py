@@ -195,6 +195,15 @@ def test_fsla_on_other_token_counts_never_attends_to_padding(hw: tuple[int, int]
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_float32_queries_are_clustered_in_float64() -> None:
+    """The clustering computes in float64 whatever the model's dtype (docs/boat.md, "Numerics"): float32
+    queries give the cuts of their float64 copy. In float32 the cuts differ on near-tie inputs, which is
+    what keeps float32 models' outputs unchanged and close to other runtimes'."""
+    for seed in range(4):
+        x = torch.randn(12, 3136, 32, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(balanced_hierarchical_clustering(x, 6)[0], balanced_hierarchical_clustering(x.double(), 6)[0])
+
+
 def test_cpu_sort_is_torchs_argsort() -> None:
     """Eager CPU sorts with numpy's argsort (issue 14: 5x faster); its orders are torch's for distinct keys."""
     key = torch.rand(96, 98, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
