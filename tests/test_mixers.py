@@ -98,6 +98,15 @@ def test_each_slot_passes_the_token_grid_rows_by_columns(family, monkeypatch):
     assert _GridSpy.calls and all(h * w == n and h < w for n, (h, w) in _GridSpy.calls), _GridSpy.calls
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_xfa_temperatures_are_kept_out_of_weight_decay_in_every_family(family):
+    """XFA's lambda is [heads, 1], so the optimiser's 1-D rule misses it: every family names it in
+    `no_weight_decay()` wherever XFA sits (XFormer's own, or swapped into another family's slot)."""
+    model = _create(FAMILIES[family][0], num_classes=4, attn_layer="xfa")
+    temperatures = {name for name, _ in model.named_parameters() if name.endswith(".temperature")}
+    assert temperatures and temperatures <= model.no_weight_decay()
+
+
 def test_paper_models_keep_their_mixer_by_default():
     """The default of each slot is the paper's mixer (so counts, outputs and keys are the paper model's)."""
     for family, (name, _, paper) in FAMILIES.items():

@@ -10,7 +10,7 @@ from .init import init_weights_cvnets
 from .lca import LCA, LCAAttention
 from .leff import LeFF
 from .mobilenet_blocks import MV2Block, MV3Block
-from .mixers import MIXERS, check_mixer, create_mixer, mixer_names
+from .mixers import MIXERS, check_mixer, create_mixer, mixer_names, mixer_no_weight_decay
 from .mobilevit_block import MobileViTBlock
 from .moffn import MoFFN
 from .mosa import MoSA
@@ -47,6 +47,7 @@ __all__ = [
     "fold_patches",
     "init_weights_cvnets",
     "mixer_names",
+    "mixer_no_weight_decay",
     "overlapping_key_index",
     "unfold_patches",
 ]

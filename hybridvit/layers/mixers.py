@@ -94,6 +94,12 @@ def check_mixer(name: str, slot: str, grid: bool = True) -> None:
         )
 
 
+def mixer_no_weight_decay(model: nn.Module) -> set[str]:
+    """Parameter names of `model`'s token mixers kept out of weight decay, wherever a mixer sits: XFA's
+    temperatures lambda (2-D, so the optimiser's 1-D rule misses them; as XCiT exempts its own)."""
+    return {f"{name}.temperature" for name, module in model.named_modules() if isinstance(module, XFA)}
+
+
 def create_mixer(
     name: str,
     dim: int,

@@ -40,7 +40,7 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 from ..errors import InputShapeError
 from ..layers.cswin_attention import LePEAttention
 from ..layers.fsla import FSLA
-from ..layers.mixers import create_mixer
+from ..layers.mixers import create_mixer, mixer_no_weight_decay
 from ._base import ClassifierHeadMixin, IntermediatesMixin, run_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
@@ -330,7 +330,7 @@ class BoatTransformer(IntermediatesMixin, ClassifierHeadMixin, nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
+        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n} | mixer_no_weight_decay(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

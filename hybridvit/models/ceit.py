@@ -25,7 +25,7 @@ from ..errors import InputShapeError, UnsupportedOptionError
 from ..layers.i2t import ImageToTokens
 from ..layers.lca import LCA
 from ..layers.leff import LeFF
-from ..layers.mixers import create_mixer
+from ..layers.mixers import create_mixer, mixer_no_weight_decay
 from ._base import IntermediatesMixin, new_classifier, run_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
@@ -198,7 +198,7 @@ class CeiT(IntermediatesMixin, nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         # The official/DeiT recipe exempts exactly these (plus 1-D tensors); `pos_layer_embed` is decayed.
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token"} | mixer_no_weight_decay(self)  # with a swapped-in XFA's temperatures
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, ConvNormAct
 from timm.models import generate_default_cfgs
 
-from ..layers import MobileViTBlock, MV2Block, TransformerLayer, init_weights_cvnets
+from ..layers import MobileViTBlock, MV2Block, TransformerLayer, init_weights_cvnets, mixer_no_weight_decay
 from ._base import MobileViTLayoutMixin, mobilevit_layout_stages
 from ._builder import build
 from ._registry import PaperEntry, register
@@ -91,8 +91,9 @@ class MobileViT(MobileViTLayoutMixin, nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        # The paper applies weight decay 0.01 to every parameter (spec §4.7).
-        return set()
+        # The paper applies weight decay 0.01 to every parameter (spec §4.7; its recipe sets decay_all); other
+        # recipes exempt a swapped-in XFA's temperatures.
+        return mixer_no_weight_decay(self)
 
 
 MODEL_CFGS = {

@@ -24,7 +24,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs
 from ..layers.dyrelu import DyReLU
 from ..layers.ghost import ActFactory, GhostBottleneck, relu
 from ..layers.moffn import MoFFN
-from ..layers.mixers import create_mixer
+from ..layers.mixers import create_mixer, mixer_no_weight_decay
 from ._base import IntermediatesMixin, new_classifier, run_stages
 from ._builder import build, check_image_batch
 from ._registry import PaperEntry, register
@@ -190,7 +190,7 @@ class MoCoViT(IntermediatesMixin, nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return set()
+        return mixer_no_weight_decay(self)  # a swapped-in XFA's temperatures
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

@@ -22,6 +22,7 @@ from timm.layers import ClassifierHead, ConvNormAct
 from timm.models import generate_default_cfgs
 
 from ..layers.init import init_weights_cvnets
+from ..layers.mixers import mixer_no_weight_decay
 from ..layers.mobilenet_blocks import MV3Block
 from ..layers.mobilevit_block import MobileViTBlock
 from ..layers.transformer import TransformerLayer
@@ -114,7 +115,7 @@ class XFormer(MobileViTLayoutMixin, nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """The XFA temperatures lambda (as XCiT does for its temperature)."""
-        return {name for name, _ in self.named_parameters() if name.endswith("attn.temperature")}
+        return mixer_no_weight_decay(self)
 
 
 MODEL_CFGS = {
