@@ -8,6 +8,8 @@ import torch.nn as nn
 
 from hybridvit.models.boat import BoatConfig, BoatTransformer
 
+# Reduced width, the paper's window (7), stripes (1, 2, 7, 7), groups (49) and overlap (20), so that the
+# sizes that need padding are the real models' sizes (also used by tests/test_boat.py).
 NARROW = {
     "boat_swin_tiny": BoatConfig("swin", 8, (2, 2, 2, 2), (1, 2, 2, 4), 0.0),
     "boat_cswin_tiny": BoatConfig("cswin", 8, (1, 2, 2, 1), (2, 2, 4, 4), 0.0),

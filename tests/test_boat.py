@@ -330,8 +330,7 @@ def test_model_input_errors() -> None:
             features(torch.randn(1, 3, 64, 16))
 
 
-# Reduced width, the paper's window (7), stripes (1, 2, 7, 7), groups (49) and overlap (20): the sizes
-# that need padding are the real models' sizes.
+# NARROW (tests/boat_frozen.py) at the sizes that need padding in the real models.
 SIZES = [(224, 224), (256, 256), (320, 480), (512, 512)]
 
 
@@ -387,13 +386,15 @@ def test_batch_zero_and_sizes_in_turn(isla: str) -> None:
 
 
 FROZEN_OUTPUTS = Path(__file__).parent / "data" / "boat_frozen_outputs.pt"
+
+
 @pytest.mark.parametrize("case", FROZEN_CASES)
 def test_outputs_unchanged_where_the_reference_works(case: str) -> None:
     """Any-size support pads nothing at 224a x 224b (a*b a power of two): the outputs equal those of the
     code before it (commit f92a001), frozen in tests/data by `tools/boat_freeze.py`, which runs
-    `frozen_case` (tests/boat_frozen.py) against that commit. Float64 throughout, so that kernels that round differently on
-    other CPUs (AVX2 vs AVX-512) cannot move a near-tie token across a cut: the frozen outputs hold on any
-    CPU to ~1e-13, and the limit 1e-6 is what a cut flip would exceed."""
+    `frozen_case` (tests/boat_frozen.py) against that commit. Float64 throughout, so that kernels that
+    round differently on other CPUs (AVX2 vs AVX-512) cannot move a near-tie token across a cut: the
+    frozen outputs hold on any CPU to ~1e-13, and the limit 1e-6 is what a cut flip would exceed."""
     model, x = frozen_case(case)
     frozen = torch.load(FROZEN_OUTPUTS, weights_only=True)[case]
     with torch.no_grad():
